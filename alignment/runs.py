@@ -1,0 +1,129 @@
+"""The run directory: where each stage writes its adapter, checkpoints, metrics, logs and card.
+
+runs/<name>/
+  recipe.yaml            the resolved recipe of the latest command
+  <stage>/               sft, rm, ppo: a PEFT adapter directory plus
+    metrics.jsonl        one JSON object per logged step
+    summary.json         final figures of the stage
+    train.log            the stage's log
+    README.md            model card
+    checkpoints/         resumable checkpoints
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from alignment.config import Recipe, save_recipe
+
+
+def stage_dir(recipe: Recipe, stage: str) -> Path:
+    return recipe.output_dir / stage
+
+
+def start_stage(recipe: Recipe, stage: str) -> Path:
+    """Create the stage directory, save the resolved recipe, and send logs to <stage>/train.log."""
+    out = stage_dir(recipe, stage)
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, recipe.output_dir / "recipe.yaml")
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("alignment", "transformers", "trl", "peft"):
+        logging.getLogger(name).addHandler(handler)
+    return out
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every Trainer log (loss, eval loss, learning rate, tokens) to a JSONL file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if state.is_world_process_zero and logs:
+            append_jsonl(self.path, {"step": state.global_step, "time": time.time(), **logs})
+
+
+def metric_callbacks(out: Path) -> list[TrainerCallback]:
+    """JSONL metrics always; TensorBoard event files in <stage>/tensorboard when it is installed."""
+    callbacks: list[TrainerCallback] = [MetricsLogger(out / "metrics.jsonl")]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return callbacks
+    from transformers.integrations import TensorBoardCallback
+
+    tensorboard_logger = TensorBoardCallback()
+    tensorboard_logger.logging_dir = str(
+        out / "tensorboard"
+    )  # the Trainer's default is under checkpoints/
+    return [*callbacks, tensorboard_logger]
+
+
+def write_summary(out: Path, summary: dict[str, Any]) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def write_model_card(
+    out: Path, recipe: Recipe, stage: str, base_model: str, metrics: dict[str, Any]
+) -> None:
+    """A Hub-style README with metadata, so the adapter is self-describing wherever it goes."""
+    rows = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in metrics.items()
+    )
+    recipe_yaml = (recipe.output_dir / "recipe.yaml").read_text()
+    (out / "README.md").write_text(
+        f"""---
+base_model: {base_model}
+library_name: peft
+tags: [alignment, {stage}, lora{", qlora" if recipe.model.quantization == "4bit" else ""}]
+---
+
+# {recipe.name}: {stage} adapter
+
+A LoRA adapter (r={recipe.lora.r}, alpha={recipe.lora.alpha}) for `{base_model}`, trained by the
+`{stage}` stage of the `alignment` toolkit.
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+base = AutoModelForCausalLM.from_pretrained("{base_model}")
+model = PeftModel.from_pretrained(base, "<this directory or Hub id>")
+```
+
+## Metrics
+
+| metric | value |
+| --- | --- |
+{rows}
+
+## Recipe
+
+```yaml
+{recipe_yaml}```
+"""
+    )

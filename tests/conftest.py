@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny random Llama and a byte-level BPE tokenizer built offline, in seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "To reverse a list in Python, call reversed or use slicing with a step of minus one.",
+    "Please answer briefly and politely. Thank you! What is the capital of France? Paris.",
+    "system user assistant good great marker helpful answer question",
+]
+
+
+def build_tiny_model(directory: Path, vocab_size: int = 320, hidden: int = 64) -> Path:
+    """Save a 2-layer random Llama with a ChatML tokenizer to `directory` (a real HF model dir)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(CORPUS * 20, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",  # pad == eos, as in SmolLM2: the hard case for scoring
+        unk_token="<|endoftext|>",
+    )
+    from alignment.models import DEFAULT_CHAT_TEMPLATE
+
+    tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def demos_file(tmp_path: Path) -> Path:
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+            ]
+        }
+        for i in range(24)
+    ]
+    return write_jsonl(tmp_path / "demos.jsonl", rows)
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path, tiny_model_dir: Path, demos_file: Path) -> Path:
+    """A recipe over the tiny model that trains a few SFT steps in seconds."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        f"""name: tiny
+run_dir: {tmp_path / "run"}
+model:
+  name: {tiny_model_dir}
+lora:
+  r: 4
+  alpha: 8
+sft:
+  data: {demos_file}
+  max_steps: 4
+  batch_size: 4
+  max_length: 64
+  logging_steps: 1
+  eval_steps: 2
+  save_steps: 2
+  eval_fraction: 0.2
+"""
+    )
+    return recipe

@@ -1,0 +1,1 @@
+"""The ranking app: annotators rank sampled answers in the browser."""
