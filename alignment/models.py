@@ -98,7 +98,9 @@ def embedded_model_dir(model: EmbeddedModel, cache: Path) -> Path:
     )
     # save_pretrained refuses GGUF-loaded models, but a model built from the same config accepts
     # the dequantized weights and saves normally.
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # the weights are dequantized now; bitsandbytes may requantize
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     staging = target.with_name(target.name + ".partial")
     fresh.save_pretrained(staging)

@@ -110,6 +110,7 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         report_to=[],
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = SFTTrainer(
         model=model,
