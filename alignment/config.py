@@ -111,6 +111,34 @@ class SFTConfig(Section):
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
 
 
+class SampleConfig(Section):
+    """Sampling answers to rank (`align sample`); the same settings drive later PPO rollouts."""
+
+    k: int = Field(4, ge=2, le=16, description="Candidates sampled per prompt (`--k` overrides).")
+    max_new_tokens: int = Field(256, gt=0, description="Longest answer, in tokens.")
+    temperature: float = Field(
+        0.8, ge=0, description="Sampling temperature; 0 means greedy (every candidate alike)."
+    )
+    top_p: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Nucleus sampling: keep the smallest set of tokens with this much probability.",
+    )
+    top_k: int = Field(0, ge=0, description="Keep only the k likeliest tokens; 0 turns it off.")
+    batch_size: int = Field(
+        8, gt=0, description="Sequences generated together (left-padded, one KV cache)."
+    )
+    max_prompt_tokens: int = Field(
+        1024, gt=0, description="Longer prompts are refused with their file and line."
+    )
+    seed: int | None = Field(
+        None,
+        description="Base seed of the candidates; each candidate's own seed is derived from it, "
+        "the prompt and the candidate's number. Default: the recipe's `seed`.",
+    )
+
+
 class Recipe(Section):
     name: str = Field(..., description="Run name; outputs go to `run_dir`.")
     run_dir: Path | None = Field(None, description="Run directory. Default: runs/<name>.")
@@ -120,6 +148,9 @@ class Recipe(Section):
         default_factory=LoraConfig, description="Adapter shape for every stage."
     )
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning stage.")
+    sample: SampleConfig = Field(
+        default_factory=SampleConfig, description="Sampling answers to rank (`align sample`)."
+    )
 
     @property
     def output_dir(self) -> Path:
