@@ -1,0 +1,217 @@
+"""Batched sampling from a causal LM (optionally wrapped in a PEFT adapter).
+
+Used by `align sample` to make the K candidates annotators rank, and meant for PPO rollouts too:
+prompts in, completions with their token ids out. Our own decoding loop rather than
+`model.generate`, for one reason: every sequence draws from its own seeded generator, so a
+candidate is reproducible from its stored seed whatever batch it happened to be sampled in.
+
+The loop: left-pad the prompts of a batch (so every row's last prompt token is in the last
+column), run the prompt once, then feed one token per step against the KV cache, with position
+ids counted over real tokens only. A row stops at an end-of-sequence token or at max_new_tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignment.config import SampleConfig
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to sample. temperature 0 is greedy decoding; top_k 0 and top_p 1 turn those off."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 8
+
+    @classmethod
+    def from_config(cls, config: SampleConfig) -> GenerationSettings:
+        return cls(
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            batch_size=config.batch_size,
+        )
+
+    def sampling(self) -> dict[str, Any]:
+        """The settings that shape a completion (batch size does not), for storing beside it."""
+        settings = asdict(self)
+        settings.pop("batch_size")
+        return settings
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: list[int]  # generated tokens, the stop token excluded
+    prompt_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
+    """Token ids of a chat prompt followed by the assistant header the model continues from."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # The template already writes any BOS it wants; adding special tokens again would double it.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """End-of-sequence ids from the tokenizer and the model's generation config (often several,
+    e.g. <|im_end|> and <|endoftext|>)."""
+    ids: set[int] = set()
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tokenizer.eos_token_id, config_eos):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    if not ids:
+        raise ValueError("the tokenizer and model define no end-of-sequence token to stop at")
+    return ids
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
+    """Scale by temperature, then mask (to -inf) tokens outside top-k and the top-p nucleus."""
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_index = torch.sort(logits, descending=True, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p; the best token always stays.
+        drop = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, sorted_index, drop), float("-inf"))
+    return logits
+
+
+def _pick(
+    logits: torch.Tensor, settings: GenerationSettings, generators: Sequence[torch.Generator]
+) -> torch.Tensor:
+    if settings.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(
+        logits.float(), settings.temperature, settings.top_k, settings.top_p
+    ).softmax(dim=-1)
+    probs = probs.cpu()  # the per-row generators live on the CPU
+    picks = [
+        torch.multinomial(probs[row], 1, generator=generators[row]) for row in range(len(probs))
+    ]
+    return torch.cat(picks).to(logits.device)
+
+
+@torch.inference_mode()
+def _generate_batch(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    seeds: list[int],
+    settings: GenerationSettings,
+    pad_id: int,
+    stops: set[int],
+) -> list[tuple[list[int], str]]:
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device, dtype=torch.long
+    )
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    positions = position_ids[:, -1:]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    finished: list[str | None] = [None] * len(prompts)
+    stop_tensor = torch.tensor(sorted(stops), device=device)
+    for step in range(settings.max_new_tokens):
+        picked = _pick(logits, settings, generators)
+        for row, token in enumerate(picked.tolist()):
+            if finished[row] is not None:
+                continue
+            if token in stops:
+                finished[row] = "stop"
+            else:
+                tokens[row].append(token)
+        if all(f is not None for f in finished) or step == settings.max_new_tokens - 1:
+            break
+        # Finished rows keep feeding a stop token; their output is already final.
+        done = torch.tensor([f is not None for f in finished], device=device)
+        picked = torch.where(done, stop_tensor[0], picked)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        positions = positions + 1
+        out = model(
+            input_ids=picked[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache, logits = out.past_key_values, out.logits[:, -1, :]
+    return [(row, reason or "length") for row, reason in zip(tokens, finished, strict=True)]
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Messages | list[int]],
+    settings: GenerationSettings,
+    seeds: Sequence[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Completion]:
+    """One completion per prompt (chat messages, or token ids already encoded), in input order.
+
+    `seeds` gives each sequence its own random stream (default: its index). Prompts are batched
+    by length to waste little compute on padding; `progress(n)` is called after each batch with
+    the number of sequences it finished.
+    """
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    seeds = list(seeds) if seeds is not None else list(range(len(prompts)))
+    encoded = [p if p and isinstance(p[0], int) else encode_prompt(tokenizer, p) for p in prompts]  # type: ignore[arg-type]
+    stops = stop_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stops)
+    was_training = model.training
+    model.eval()
+    results: list[Completion | None] = [None] * len(prompts)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    try:
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start : start + settings.batch_size]
+            outputs = _generate_batch(
+                model,
+                [encoded[i] for i in batch],
+                [seeds[i] for i in batch],
+                settings,
+                pad_id,
+                stops,
+            )
+            for index, (token_ids, reason) in zip(batch, outputs, strict=True):
+                results[index] = Completion(
+                    text=tokenizer.decode(token_ids, skip_special_tokens=True),
+                    token_ids=token_ids,
+                    prompt_tokens=len(encoded[index]),
+                    finish_reason=reason,  # type: ignore[arg-type]
+                )
+            if progress is not None:
+                progress(len(batch))
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
