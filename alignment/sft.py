@@ -100,7 +100,7 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         weight_decay=cfg.weight_decay,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=cfg.padding_free,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         bf16=compute_dtype(recipe.model) == torch.bfloat16,
         fp16=compute_dtype(recipe.model) == torch.float16,
         logging_steps=cfg.logging_steps,
