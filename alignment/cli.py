@@ -63,10 +63,154 @@ def cmd_config(args: argparse.Namespace) -> None:
         print(f"{key:<28} {default:<24} {description}")
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    from alignment.sample import run_sample
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    outcome = run_sample(recipe, args.prompts, args.db, k=args.k, adapter=args.adapter)
+    print(
+        f"{outcome.db}: sampled {outcome.sampled} prompts ({outcome.candidates} candidates); "
+        f"{outcome.skipped} of {outcome.prompts} already had candidates"
+    )
+
+
+def _existing_db(path: str) -> str:
+    if not os.path.isfile(path):
+        raise AlignmentError(f"{path}: ranking database not found (create it with `align sample`)")
+    return path
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from alignment.ui.app import launch
+
+    launch(
+        args.db,
+        annotators=args.annotators,
+        single_user=args.single_user,
+        host=args.host,
+        port=args.port,
+        per_prompt=args.per_prompt,
+        lease_seconds=args.lease_minutes * 60,
+        guidelines=args.guidelines,
+    )
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass("password: ")
+        if getpass.getpass("password again: ") != first:
+            raise AlignmentError("the two passwords differ; nothing was changed")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")  # scripts pipe the password on one line
+
+
+def cmd_annotators(args: argparse.Namespace) -> None:
+    from alignment.ui.annotators import add_annotator, load_annotators
+
+    if args.action == "add":
+        entry = add_annotator(args.file, args.name, _read_password(), args.role, args.replace)
+        print(f"{args.file}: {entry.name} ({entry.role}) saved")
+        return
+    for annotator in load_annotators(args.file).values():
+        print(f"{annotator.name:<24} {annotator.role}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from alignment.export import export
+    from alignment.store import Store
+
+    result = export(
+        Store(_existing_db(args.db)),
+        args.format,
+        args.out,
+        min_annotators=args.min_annotators,
+        include_ties=args.include_ties,
+        aggregate=args.aggregate,
+        save_to_disk=args.save_to_disk,
+    )
+    where = " and ".join(str(p) for p in (result.out, result.dataset_dir) if p is not None)
+    print(f"{result.rows} {args.format} rows written to {where}")
+
+
+def cmd_agreement(args: argparse.Namespace) -> None:
+    import json
+
+    from alignment.agreement import agreement
+    from alignment.store import Store
+
+    report = agreement(Store(_existing_db(args.db)).current_rankings(min_annotators=2))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    print(
+        f"prompts ranked by 2+ annotators: {len(report.prompts)} ({report.pairs} annotator pairs)"
+    )
+    print(f"mean Kendall's tau-b:            {fmt(report.mean_tau)}")
+    print(f"Krippendorff's alpha (ordinal):  {fmt(report.alpha)}")
+    for prompt in report.prompts:
+        print(
+            f"  prompt {prompt.prompt_id:<6} tau-b {fmt(prompt.tau):>6}  alpha {fmt(prompt.alpha):>6}"
+            f"  {', '.join(prompt.annotators)}"
+        )
+
+
+def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
+    sample = _recipe_command(sub, "sample", "sample K answers per prompt into a ranking database")
+    sample.add_argument("--prompts", required=True, help="prompts file (.jsonl/.json)")
+    sample.add_argument("--k", type=int, help="candidates per prompt (default: sample.k)")
+    sample.add_argument("--db", default="rankings.db", help="SQLite ranking database")
+    sample.add_argument("--adapter", help="PEFT adapter directory to sample with")
+
+    ui = sub.add_parser("ui", help="serve the ranking app to annotators")
+    ui.add_argument("--db", default="rankings.db", help="SQLite ranking database")
+    who = ui.add_mutually_exclusive_group(required=True)
+    who.add_argument("--annotators", help="annotators YAML file (sign-in with hashed passwords)")
+    who.add_argument("--single-user", metavar="NAME", help="no sign-in: one trusted local user")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ui.add_argument("--port", type=int, default=7860)
+    ui.add_argument("--per-prompt", type=int, default=1, help="annotators wanted per prompt (N)")
+    ui.add_argument("--lease-minutes", type=float, default=10, help="how long a prompt is held")
+    ui.add_argument("--guidelines", help="markdown file shown in the guidelines panel")
+
+    people = sub.add_parser("annotators", help="manage the annotators file")
+    actions = people.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add an annotator; the password is read from stdin")
+    add.add_argument("name")
+    add.add_argument("--file", default="annotators.yaml")
+    add.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    add.add_argument("--replace", action="store_true", help="change an existing entry")
+    listing = actions.add_parser("list", help="list annotators and roles")
+    listing.add_argument("--file", default="annotators.yaml")
+
+    out = sub.add_parser("export", help="write rankings or preference pairs for the reward model")
+    out.add_argument("--db", default="rankings.db")
+    out.add_argument("--format", choices=["rankings", "pairs"], default="pairs")
+    out.add_argument("--out", help="JSONL file to write")
+    out.add_argument("--save-to-disk", metavar="DIR", help="also write a `datasets` directory")
+    out.add_argument("--min-annotators", type=int, default=1)
+    out.add_argument("--include-ties", action="store_true", help="keep tied pairs (tie: true)")
+    out.add_argument("--aggregate", choices=["none", "mean-rank"], default="none")
+
+    agree = sub.add_parser("agreement", help="inter-annotator agreement of the current rankings")
+    agree.add_argument("--db", default="rankings.db")
+    agree.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sft": cmd_sft,
     "models": cmd_models,
     "config": cmd_config,
+    "sample": cmd_sample,
+    "ui": cmd_ui,
+    "annotators": cmd_annotators,
+    "export": cmd_export,
+    "agreement": cmd_agreement,
 }
 
 
@@ -83,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.add_argument("recipe", nargs="?")
     config.add_argument("overrides", nargs="*", metavar="key=value")
+    _add_ranking_commands(sub)
     return parser
 
 
