@@ -139,6 +139,75 @@ class SampleConfig(Section):
     )
 
 
+class RMConfig(Section):
+    """Reward-model stage (`align rm`): a LoRA adapter plus a scalar `score` head."""
+
+    data: str = Field(
+        "data/comparisons.jsonl",
+        description="Preferences: a local .jsonl/.json file or a `datasets` name. Rows are the "
+        "ranking UI's rankings or pairs export, TRL chosen/rejected (implicit or explicit prompt, "
+        "text or chat, optional `margin`), or HH-RLHF text (`\\n\\nHuman: ...`).",
+    )
+    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
+    eval_data: str | None = Field(
+        None,
+        description="Held-out preferences; if unset, `eval_fraction` of `data` is held out.",
+    )
+    eval_split: str = Field(
+        "test", description="Split to read when `eval_data` is a `datasets` name."
+    )
+    eval_fraction: float = Field(
+        0.05, ge=0, lt=1, description="Share of `data` held out for eval accuracy."
+    )
+    format: Literal["auto", "rankings", "pairs", "trl", "hh"] = Field(
+        "auto", description="Row format; auto detects it per row from the row's keys."
+    )
+    init: Literal["sft", "base"] = Field(
+        "sft",
+        description="Start the adapter from the run's SFT adapter (<run_dir>/sft, same LoRA "
+        "shape) or from scratch on the base model. The score head always starts fresh.",
+    )
+    max_length: int = Field(
+        512,
+        gt=1,
+        description="Longest tokenized conversation; longer ones lose their START, so the "
+        "answer being judged is kept.",
+    )
+    share_prefix: bool = Field(
+        True,
+        description="Run a comparison's shared conversation once and branch its answers off it "
+        "(one row, tree-shaped attention mask): same scores, fewer tokens. Needs sdpa or eager.",
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
+    )
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
+    batch_size: int = Field(
+        8, gt=0, description="Comparisons (a pair or a whole K-way ranking) per forward pass."
+    )
+    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate of adapter and head.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    group_by_length: bool = Field(
+        True, description="Batch comparisons of similar length together (less padding)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    stats_examples: int = Field(
+        512,
+        ge=0,
+        description="Training comparisons scored after training for the reward mean/std that PPO "
+        "normalises with; 0 means all.",
+    )
+    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
+    eval_steps: int = Field(50, gt=0, description="Compute eval accuracy every N steps.")
+    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
+
+
 class Recipe(Section):
     name: str = Field(..., description="Run name; outputs go to `run_dir`.")
     run_dir: Path | None = Field(None, description="Run directory. Default: runs/<name>.")
@@ -151,6 +220,7 @@ class Recipe(Section):
     sample: SampleConfig = Field(
         default_factory=SampleConfig, description="Sampling answers to rank (`align sample`)."
     )
+    rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model stage (`align rm`).")
 
     @property
     def output_dir(self) -> Path:
