@@ -32,6 +32,13 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"SFT adapter: {outcome.out_dir}  {outcome.summary}")
 
 
+def cmd_ppo(args: argparse.Namespace) -> None:
+    from alignment.ppo import run_ppo
+
+    outcome = run_ppo(load_recipe(args.recipe, args.overrides), resume=args.resume)
+    print(f"PPO policy adapter: {outcome.out_dir}  {outcome.summary}")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from alignment.models import EMBEDDED_MODELS, cache_root
 
@@ -204,6 +211,7 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sft": cmd_sft,
+    "ppo": cmd_ppo,
     "models": cmd_models,
     "config": cmd_config,
     "sample": cmd_sample,
@@ -221,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sft = _recipe_command(sub, "sft", "supervised fine-tuning of a LoRA adapter on demonstrations")
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    ppo = _recipe_command(sub, "ppo", "PPO of the SFT policy against the reward model, KL to SFT")
+    ppo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     sub.add_parser("models", help="list embedded models and what is cached")
     config = sub.add_parser(
         "config", help="list every recipe key, or print a recipe fully resolved"

@@ -208,6 +208,58 @@ class RMConfig(Section):
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
 
 
+class PPOConfig(Section):
+    prompts: str = Field(
+        "data/prompts.jsonl", description="Prompts to roll out: `prompt` text or chat `messages` rows."
+    )
+    sft_adapter: Path | None = Field(
+        None, description="Policy and reference start here. Default: <run_dir>/sft."
+    )
+    reward_adapter: Path | None = Field(
+        None, description="Reward adapter and head; the value role starts here too. Default: <run_dir>/rm."
+    )
+    updates: int = Field(20, gt=0, description="PPO updates (rollout, score, train) to run.")
+    rollout_batch_size: int = Field(8, gt=0, description="Prompts rolled out per update per process.")
+    minibatch_size: int = Field(4, gt=0, description="Rollouts per optimizer step.")
+    grad_accum: int = Field(1, gt=0, description="Forward passes each minibatch is split into.")
+    ppo_epochs: int = Field(2, gt=0, description="Passes over each update's rollouts.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of policy and value.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    max_prompt_length: int = Field(
+        256, gt=0, description="Longest prompt in tokens; a longer one is an error before any rollout."
+    )
+    max_new_tokens: int = Field(48, gt=0, description="Longest answer in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts (1: off).")
+    stop_strings: list[str] = Field(
+        default_factory=list, description="An answer ends after the first of these (besides EOS)."
+    )
+    unfinished_penalty: float = Field(
+        -1.0, description="Added to the score of an answer that hit max_new_tokens without ending."
+    )
+    kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token KL penalty to the SFT model.")
+    kl_estimator: Literal["k1", "k3"] = Field(
+        "k1", description="k1: log p/q (unbiased); k3: q/p - 1 - log q/p (unbiased, never negative)."
+    )
+    target_kl: float | None = Field(
+        None, gt=0, description="If set, adapt kl_coef towards this KL per answer (Ziegler et al.)."
+    )
+    kl_horizon: int = Field(10000, gt=0, description="Adaptive KL: rollouts over which to adapt.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount of GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="Lambda of GAE.")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip.")
+    value_clip_range: float = Field(0.2, gt=0, description="Value change clip.")
+    value_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    normalize_rewards: bool = Field(
+        True, description="Standardise scores with the reward model's training statistics."
+    )
+    reward_clip: float | None = Field(None, gt=0, description="Clip scores to [-x, x] after normalising.")
+    whiten_rewards: bool = Field(False, description="Whiten per-token rewards before GAE.")
+    whiten_advantages: bool = Field(True, description="Whiten advantages per update.")
+    sample_every: int = Field(5, gt=0, description="Log a table of sample answers every N updates.")
+    save_every: int = Field(5, gt=0, description="Write a resumable checkpoint every N updates.")
+
+
 class Recipe(Section):
     name: str = Field(..., description="Run name; outputs go to `run_dir`.")
     run_dir: Path | None = Field(None, description="Run directory. Default: runs/<name>.")
@@ -221,6 +273,7 @@ class Recipe(Section):
         default_factory=SampleConfig, description="Sampling answers to rank (`align sample`)."
     )
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model stage (`align rm`).")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage (`align ppo`).")
 
     @property
     def output_dir(self) -> Path:

@@ -1,0 +1,556 @@
+"""Stage 3, PPO: raise the reward model's score while a KL penalty keeps the policy near the SFT model.
+
+Our own loop (TRL removed its PPOTrainer in 1.13). One update:
+
+    generate   the policy samples an answer per prompt (KV cache, per-sequence seeds)
+    score      one no-grad pass per role: policy and reference log-probs, values, reward score
+    train      GAE advantages, then `ppo_epochs` passes of clipped policy and value losses
+               over shuffled minibatches
+
+All four roles are adapters on one base model (see roles.py). Several processes under
+`accelerate launch` each roll out their own prompts and average gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, set_seed
+
+from alignment.config import Recipe
+from alignment.data import read_prompts
+from alignment.errors import AlignmentError, DataError, RunStateError
+from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.models import base_model_id, load_model, load_tokenizer, resolve_model
+from alignment.ppo_math import (
+    KLController,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_per_token,
+    logprobs_of,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from alignment.roles import RoleModel
+from alignment.runs import append_jsonl, read_jsonl, start_stage, write_model_card, write_summary
+
+log = logging.getLogger(__name__)
+REWARD_STATS = "reward_stats.json"
+
+
+class TrainingDiverged(AlignmentError):
+    """NaN or inf in rewards or losses; the last good checkpoint is kept."""
+
+
+@dataclass
+class Rollouts:
+    """One update's answers and everything computed about them without gradients."""
+
+    input_ids: torch.Tensor  # (B, P + R): left-padded prompt, answer, right padding
+    attention_mask: torch.Tensor
+    mask: torch.Tensor  # (B, R): 1 on answer tokens
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    raw_scores: torch.Tensor  # reward model output
+    scores: torch.Tensor  # normalised, clipped, penalised: what PPO maximises
+    finished: torch.Tensor
+    prompts: list[str]
+    answers: list[str]
+    advantages: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    returns: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+    @property
+    def answer_width(self) -> int:
+        return self.mask.shape[1]
+
+
+def truncate_at_stop(
+    tokenizer: PreTrainedTokenizerBase, token_ids: list[int], stops: list[str]
+) -> tuple[list[int], bool]:
+    """Cut an answer right after the first stop string; returns (tokens kept, whether it stopped)."""
+    text = tokenizer.decode(token_ids, skip_special_tokens=True)
+    hits = [text.find(s) + len(s) for s in stops if s in text]
+    if not hits:
+        return token_ids, False
+    end = min(hits)
+    for count in range(1, len(token_ids) + 1):  # fewest tokens whose text reaches past the stop
+        if len(tokenizer.decode(token_ids[:count], skip_special_tokens=True)) >= end:
+            return token_ids[:count], True
+    return token_ids, True
+
+
+def pack(
+    prompts: list[list[int]], answers: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, ...]:
+    """Left-pad prompts and right-pad answers so every answer starts in the same column."""
+    prompt_width = max(len(p) for p in prompts)
+    answer_width = max(1, max(len(a) for a in answers))
+    rows, masks, answer_masks = [], [], []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        left, right = prompt_width - len(prompt), answer_width - len(answer)
+        rows.append([pad_id] * left + prompt + answer + [pad_id] * right)
+        masks.append([0] * left + [1] * (len(prompt) + len(answer)) + [0] * right)
+        answer_masks.append([1] * len(answer) + [0] * right)
+    return torch.tensor(rows), torch.tensor(masks), torch.tensor(answer_masks, dtype=torch.float)
+
+
+def answer_logprobs(
+    model: RoleModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    width: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs (and logits) of the answer tokens under the active role; the same code path for
+    rollout and training, so the first minibatch's ratio is exactly 1."""
+    logits = model.logits(input_ids, attention_mask, keep_last=width + 1)[:, :-1]
+    return logprobs_of(logits, input_ids[:, -width:], temperature), logits
+
+
+def answer_values(
+    model: RoleModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int
+) -> torch.Tensor:
+    # The value of emitting answer token t is read at the position before it.
+    return model.values(input_ids, attention_mask)[:, -width - 1 : -1]
+
+
+class PPORun:
+    """Everything one PPO stage holds: model, optimizer, KL controller, data order and step."""
+
+    def __init__(self, recipe: Recipe, accelerator: Accelerator) -> None:
+        self.recipe, self.cfg, self.accelerator = recipe, recipe.ppo, accelerator
+        cfg = self.cfg
+        self.out = recipe.output_dir / "ppo"
+        self.sft_dir = cfg.sft_adapter or recipe.output_dir / "sft"
+        self.rm_dir = cfg.reward_adapter or recipe.output_dir / "rm"
+        source = resolve_model(recipe.model)
+        self.tokenizer = load_tokenizer(recipe.model, source)
+        self.prompts = self._encode_prompts(source)
+        self.model = RoleModel(
+            load_model(recipe.model, source=source), self.sft_dir, self.rm_dir, source
+        )
+        self._check_tokenizers()
+        self.model.to(accelerator.device)
+        self.reward_mean, self.reward_std = self._reward_stats()
+        self.optimizer = torch.optim.AdamW(
+            list(self.model.named_trainable().values()), lr=cfg.learning_rate
+        )
+        self.kl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.update = 0
+        self.settings = GenerationSettings(
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=0,
+            batch_size=cfg.rollout_batch_size,
+        )
+
+    # --- checks before any rollout -------------------------------------------------------------
+
+    def _encode_prompts(self, source: str) -> list[tuple[str, list[int]]]:
+        from transformers import AutoConfig
+
+        context = getattr(AutoConfig.from_pretrained(source), "max_position_embeddings", None)
+        encoded = []
+        for origin, messages in read_prompts(self.cfg.prompts):
+            ids = encode_prompt(self.tokenizer, messages)
+            if len(ids) > self.cfg.max_prompt_length:
+                raise DataError(
+                    f"{origin}: prompt is {len(ids)} tokens, longer than ppo.max_prompt_length="
+                    f"{self.cfg.max_prompt_length}"
+                )
+            if context and len(ids) + self.cfg.max_new_tokens > context:
+                raise DataError(
+                    f"{origin}: prompt ({len(ids)} tokens) plus ppo.max_new_tokens="
+                    f"{self.cfg.max_new_tokens} exceeds the model's context of {context}"
+                )
+            encoded.append((messages[-1]["content"], ids))
+        return encoded
+
+    def _check_tokenizers(self) -> None:
+        for directory in (self.sft_dir, self.rm_dir):
+            if (directory / "tokenizer_config.json").is_file():
+                theirs = load_tokenizer(self.recipe.model, str(directory))
+                if theirs.get_vocab() != self.tokenizer.get_vocab():
+                    raise RunStateError(
+                        f"{directory}: its tokenizer differs from the base model's "
+                        f"({len(theirs)} vs {len(self.tokenizer)} tokens); train every stage on one base"
+                    )
+
+    def _reward_stats(self) -> tuple[float, float]:
+        path = self.rm_dir / REWARD_STATS
+        if not self.cfg.normalize_rewards:
+            return 0.0, 1.0
+        if not path.is_file():
+            raise RunStateError(
+                f"{path}: missing; it holds the reward statistics that ppo.normalize_rewards uses"
+            )
+        stats = json.loads(path.read_text())
+        return float(stats["mean"]), max(float(stats["std"]), 1e-6)
+
+    # --- one update ----------------------------------------------------------------------------
+
+    def prompt_batch(self) -> list[tuple[str, list[int]]]:
+        """This process's prompts for the current update: a seeded shuffle per pass over the data."""
+        cfg, world = self.cfg, self.accelerator.num_processes
+        per_update = cfg.rollout_batch_size * world
+        start = self.update * per_update
+        orders: dict[int, list[int]] = {}
+        batch = []
+        for position in range(start, start + per_update):
+            epoch, index = divmod(position, len(self.prompts))
+            if epoch not in orders:
+                orders[epoch] = random.Random(self.recipe.seed + epoch).sample(
+                    range(len(self.prompts)), len(self.prompts)
+                )
+            batch.append(self.prompts[orders[epoch][index]])
+        rank = self.accelerator.process_index
+        return batch[rank * cfg.rollout_batch_size : (rank + 1) * cfg.rollout_batch_size]
+
+    @torch.no_grad()
+    def rollout(self) -> tuple[Rollouts, dict[str, float]]:
+        cfg, model, device = self.cfg, self.model, self.accelerator.device
+        timings = {}
+        started = time.perf_counter()
+        batch = self.prompt_batch()
+        seeds = [
+            self.recipe.seed * 1_000_003
+            + self.update * 10_007
+            + self.accelerator.process_index * 1009
+            + i
+            for i in range(len(batch))
+        ]
+        with model.role("policy"):
+            completions = generate(
+                model.peft, self.tokenizer, [ids for _, ids in batch], self.settings, seeds
+            )
+        answers, finished = [], []
+        eos = self.tokenizer.eos_token_id
+        for completion in completions:
+            tokens, stopped = truncate_at_stop(
+                self.tokenizer, completion.token_ids, cfg.stop_strings
+            )
+            if completion.finish_reason == "stop" and not stopped:
+                tokens = [*tokens, eos]  # the policy sampled EOS: it must learn that choice too
+            answers.append(tokens)
+            finished.append(stopped or completion.finish_reason == "stop")
+        input_ids, attention_mask, mask = pack(
+            [ids for _, ids in batch], answers, self.tokenizer.pad_token_id
+        )
+        input_ids, attention_mask, mask = (
+            input_ids.to(device),
+            attention_mask.to(device),
+            mask.to(device),
+        )
+        timings["seconds_generate"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        width = mask.shape[1]
+        with model.role("policy"):
+            old_logprobs, logits = answer_logprobs(
+                model, input_ids, attention_mask, width, cfg.temperature
+            )
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+        with model.role("reference"):
+            ref_logprobs, _ = answer_logprobs(
+                model, input_ids, attention_mask, width, cfg.temperature
+            )
+        old_values = answer_values(model, input_ids, attention_mask, width)
+        raw_scores = model.rewards(input_ids, attention_mask)
+        scores = (raw_scores - self.reward_mean) / self.reward_std
+        if cfg.reward_clip is not None:
+            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        finished_t = torch.tensor(finished, device=device)
+        scores = torch.where(finished_t, scores, scores + cfg.unfinished_penalty)
+        timings["seconds_score"] = time.perf_counter() - started
+        if not torch.isfinite(raw_scores).all():
+            raise TrainingDiverged(
+                f"update {self.update + 1}: the reward model returned NaN or inf scores"
+            )
+        rollouts = Rollouts(
+            input_ids, attention_mask, mask, old_logprobs, ref_logprobs, old_values, raw_scores, scores,
+            finished_t, [self.tokenizer.decode(ids) for _, ids in batch],
+            [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers],
+        )  # fmt: skip
+        return rollouts, {**timings, "entropy": entropy.item()}
+
+    def advantages(self, r: Rollouts) -> dict[str, float]:
+        cfg = self.cfg
+        kl = kl_per_token(r.old_logprobs, r.ref_logprobs, cfg.kl_estimator) * r.mask
+        rewards = token_rewards(r.scores, kl, r.mask, self.kl.coef)
+        if cfg.whiten_rewards:
+            rewards = masked_whiten(rewards, r.mask, shift_mean=False)
+        r.advantages, r.returns = gae(rewards, r.old_values, r.mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            r.advantages = masked_whiten(r.advantages, r.mask)
+        kl_per_answer = kl.sum(1)
+        return {
+            "kl": kl_per_answer.mean().item(),
+            "kl_coef": self.kl.coef,
+            "non_score_reward": (-self.kl.coef * kl_per_answer).mean().item(),
+            "explained_variance": explained_variance(r.old_values, r.returns, r.mask).item(),
+        }
+
+    def train(self, r: Rollouts) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        generator = torch.Generator().manual_seed(self.recipe.seed + self.update)
+        totals: dict[str, list[float]] = {}
+        size = len(r.scores)
+        micro = max(1, cfg.minibatch_size // cfg.grad_accum)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(size, generator=generator)
+            for start in range(0, size, cfg.minibatch_size):
+                minibatch = order[start : start + cfg.minibatch_size]
+                for micro_start in range(0, len(minibatch), micro):
+                    rows = minibatch[micro_start : micro_start + micro].to(r.mask.device)
+                    weight = len(rows) / len(minibatch)
+                    stats = self._train_rows(r, rows, weight)
+                    if (
+                        "ratio_first_minibatch" not in totals
+                    ):  # 1 exactly, if log-probs are consistent
+                        totals["ratio_first_minibatch"] = [stats["ratio"]]
+                    for key, value in stats.items():
+                        totals.setdefault(key, []).append(value)
+                grad_norm = self._step()
+                totals.setdefault("grad_norm", []).append(grad_norm)
+        return {key: sum(values) / len(values) for key, values in totals.items()}
+
+    def _train_rows(self, r: Rollouts, rows: torch.Tensor, weight: float) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        ids, attention, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
+        with model.role("policy"):
+            logprobs, _ = answer_logprobs(model, ids, attention, r.answer_width, cfg.temperature)
+        pg_loss, stats = policy_loss(
+            logprobs, r.old_logprobs[rows], r.advantages[rows], mask, cfg.clip_range
+        )
+        self._backward(pg_loss * weight, "policy loss")
+        values = answer_values(model, ids, attention, r.answer_width)
+        vf_loss, value_stats = value_loss(
+            values, r.old_values[rows], r.returns[rows], mask, cfg.value_clip_range
+        )
+        # Policy and value use different adapters, so each gets its own forward and backward.
+        self._backward(cfg.value_coef * vf_loss * weight, "value loss")
+        return {
+            "policy_loss": pg_loss.item(),
+            "value_loss": vf_loss.item(),
+            **{key: value.item() for key, value in {**stats, **value_stats}.items()},
+        }
+
+    def _backward(self, loss: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"update {self.update + 1}: {what} is {loss.item()}")
+        loss.backward()
+
+    def _step(self) -> float:
+        params = list(self.model.named_trainable().values())
+        if self.accelerator.num_processes > 1:
+            # A hand-written all-reduce rather than DDP: DDP cannot follow the adapter switches
+            # between the policy and value passes of one step.
+            for param in params:
+                if param.grad is not None:
+                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def step(self) -> tuple[dict[str, float], Rollouts]:
+        rollouts, metrics = self.rollout()
+        metrics |= self.advantages(rollouts)
+        started = time.perf_counter()
+        metrics |= self.train(rollouts)
+        metrics["seconds_train"] = time.perf_counter() - started
+        lengths = rollouts.mask.sum(1)
+        metrics |= {
+            "reward_raw": rollouts.raw_scores.mean().item(),
+            "reward": rollouts.scores.mean().item(),
+            "answer_length": lengths.mean().item(),
+            "finished_fraction": rollouts.finished.float().mean().item(),
+        }
+        metrics = {k: self._mean_over_processes(v) for k, v in metrics.items()}
+        self.kl.update(metrics["kl"], len(rollouts.scores) * self.accelerator.num_processes)
+        self.update += 1
+        return metrics, rollouts
+
+    def _mean_over_processes(self, value: float) -> float:
+        if self.accelerator.num_processes == 1:
+            return value
+        tensor = torch.tensor(value, device=self.accelerator.device, dtype=torch.float64)
+        return self.accelerator.reduce(tensor, reduction="mean").item()
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Adapters, value head, optimizer, KL controller, RNG states and step, written atomically."""
+        checkpoints = self.out / "checkpoints"
+        rank = self.accelerator.process_index
+        final = checkpoints / f"update-{self.update}"
+        staging = checkpoints / f".update-{self.update}.partial"
+        if self.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in self.model.named_trainable().items()},
+                staging / "trainable.safetensors",
+            )
+            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            (staging / "state.json").write_text(
+                json.dumps({"update": self.update, "kl_coef": self.kl.coef})
+            )
+        self.accelerator.wait_for_everyone()
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        }
+        torch.save(rng, staging / f"rng-{rank}.pt")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            staging.rename(final)
+            for old in sorted(checkpoints.glob("update-*"), key=_update_number)[:-2]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+
+    def load_checkpoint(self, checkpoint: Path) -> None:
+        trainable = self.model.named_trainable()
+        for name, tensor in load_file(checkpoint / "trainable.safetensors").items():
+            with torch.no_grad():
+                trainable[name].copy_(tensor)
+        self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+        state = json.loads((checkpoint / "state.json").read_text())
+        self.update, self.kl.coef = state["update"], state["kl_coef"]
+        rng = torch.load(
+            checkpoint / f"rng-{self.accelerator.process_index}.pt", weights_only=False
+        )
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+
+    def save_policy(self, summary: dict[str, Any]) -> None:
+        """The policy alone as a standard PEFT adapter: PeftModel.from_pretrained(base, dir) loads it."""
+        config = self.model.peft.peft_config["policy"]
+        weights = get_peft_model_state_dict(self.model.peft, adapter_name="policy")
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in weights.items()},
+            self.out / "adapter_model.safetensors",
+        )
+        config.inference_mode = True
+        config.save_pretrained(self.out)
+        config.inference_mode = False
+        self.tokenizer.save_pretrained(self.out)
+        write_summary(self.out, summary)
+        write_model_card(self.out, self.recipe, "ppo", base_model_id(self.recipe.model), summary)
+
+
+def _update_number(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    found = sorted((out / "checkpoints").glob("update-*"), key=_update_number)
+    return found[-1] if found else None
+
+
+def _sample_table(update: int, r: Rollouts, count: int = 3) -> list[dict[str, Any]]:
+    return [
+        {"update": update, "prompt": p, "answer": a, "score": s}
+        for p, a, s in zip(
+            r.prompts[:count], r.answers[:count], r.raw_scores[:count].tolist(), strict=False
+        )
+    ]
+
+
+@dataclass
+class PPOOutcome:
+    out_dir: Path
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
+    """Run (or resume) the PPO stage; returns where the policy adapter was saved and the metrics."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(recipe.seed)
+    out = recipe.output_dir / "ppo"
+    checkpoint = last_checkpoint(out)
+    if checkpoint is not None and not resume:
+        raise RunStateError(
+            f"{out} already holds a run ({checkpoint.name}); pass --resume to continue it, or set run_dir=<new dir>"
+        )
+    if accelerator.is_main_process:
+        start_stage(recipe, "ppo")
+    run = PPORun(recipe, accelerator)
+    metrics_path = out / "metrics.jsonl"
+    if checkpoint is not None:
+        run.load_checkpoint(checkpoint)
+        log.info("resuming PPO from %s", checkpoint)
+        if accelerator.is_main_process:  # drop what was logged after the checkpoint: it is redone
+            kept = (
+                [r for r in read_jsonl(metrics_path) if r["update"] <= run.update]
+                if metrics_path.exists()
+                else []
+            )
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    elif accelerator.is_main_process:
+        metrics_path.unlink(missing_ok=True)
+        (out / "samples.jsonl").unlink(missing_ok=True)
+
+    cfg = recipe.ppo
+    bar = tqdm(
+        total=cfg.updates, initial=run.update, desc="PPO", disable=not accelerator.is_main_process
+    )
+    while run.update < cfg.updates:
+        metrics, rollouts = run.step()
+        record = {"update": run.update, "time": time.time(), **metrics}
+        if accelerator.is_main_process:
+            append_jsonl(metrics_path, record)
+            if run.update % cfg.sample_every == 0 or run.update == 1:
+                for row in _sample_table(run.update, rollouts):
+                    append_jsonl(out / "samples.jsonl", row)
+                    log.info(
+                        "update %d sample (score %.3f): %r -> %r",
+                        row["update"],
+                        row["score"],
+                        row["prompt"][-80:],
+                        row["answer"][:160],
+                    )
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
+        if run.update % cfg.save_every == 0 or run.update == cfg.updates:
+            run.save_checkpoint()
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise TrainingDiverged(f"update {run.update}: non-finite metrics {metrics}")
+    bar.close()
+
+    history = read_jsonl(metrics_path) if metrics_path.exists() else []
+    first, last = (history[0], history[-1]) if history else ({}, {})
+    summary = {
+        "updates": run.update,
+        "reward_first": first.get("reward"),
+        "reward_last": last.get("reward"),
+        "kl_last": last.get("kl"),
+        "answer_length_last": last.get("answer_length"),
+    }
+    if accelerator.is_main_process:
+        run.save_policy(summary)
+    accelerator.wait_for_everyone()
+    return PPOOutcome(out, summary, history)

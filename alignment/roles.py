@@ -1,0 +1,175 @@
+"""One base model, four roles: policy, reference, reward and value as named LoRA adapters.
+
+PPO needs four networks. Here they share one frozen (optionally 4-bit) base model in memory and
+differ only by small adapters and scalar heads:
+
+    policy     trainable, initialised from the SFT adapter
+    reference  frozen SFT adapter, so KL is measured against the SFT model, not the bare base
+    reward     frozen reward-model adapter plus its score head
+    value      trainable, initialised from the reward adapter and head
+
+Only one adapter is active per forward pass; `RoleModel.use(role)` switches between them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, TaskType, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from alignment.errors import RunStateError
+
+ROLES = ("policy", "reference", "reward", "value")
+TRAINABLE_ROLES = ("policy", "value")
+SCORE_KEY = "base_model.model.score.weight"  # where PEFT saves a sequence-classification head
+
+
+def read_reward_adapter(
+    rm_dir: Path,
+) -> tuple[PeftLoraConfig, dict[str, torch.Tensor], torch.Tensor]:
+    """The LoRA config, LoRA weights and score-head weight of a reward-model adapter directory."""
+    config_path, weights_path = rm_dir / "adapter_config.json", rm_dir / "adapter_model.safetensors"
+    if not (config_path.is_file() and weights_path.is_file()):
+        raise RunStateError(
+            f"{rm_dir}: no reward adapter here (run `align rm` first, or set ppo.reward_adapter)"
+        )
+    weights = load_file(weights_path)
+    if SCORE_KEY not in weights:
+        raise RunStateError(
+            f"{weights_path}: no score head ({SCORE_KEY}); is this a reward-model adapter?"
+        )
+    head = weights.pop(SCORE_KEY)
+    config = PeftLoraConfig.from_pretrained(rm_dir)
+    # The same LoRA, applied to the causal-LM body: its head is ours (below), not a PEFT module.
+    config.task_type = TaskType.CAUSAL_LM
+    config.modules_to_save = None
+    return config, weights, head
+
+
+def _check_same_base(adapter_dir: Path, base_name: str, role: str) -> None:
+    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    if recorded and Path(recorded).name != Path(base_name).name:
+        raise RunStateError(
+            f"{adapter_dir}: the {role} adapter was trained on {recorded!r}, but this run's base model "
+            f"is {base_name!r}; adapters only fit the base model they were trained on"
+        )
+
+
+class RoleModel(nn.Module):
+    """The four PPO roles over one base model, with a frozen reward head and a trainable value head."""
+
+    def __init__(self, base: PreTrainedModel, sft_dir: Path, rm_dir: Path, base_name: str) -> None:
+        super().__init__()
+        for directory, role in ((sft_dir, "SFT"), (rm_dir, "reward")):
+            if not (directory / "adapter_config.json").is_file():
+                raise RunStateError(f"{directory}: no {role} adapter here (run its stage first)")
+            _check_same_base(directory, base_name, role)
+        self.peft = PeftModel.from_pretrained(
+            base, sft_dir, adapter_name="policy", is_trainable=True
+        )
+        self.peft.load_adapter(sft_dir, adapter_name="reference", is_trainable=False)
+        reward_config, reward_weights, head = read_reward_adapter(rm_dir)
+        for role in ("reward", "value"):
+            self.peft.add_adapter(role, reward_config)
+            incompatible = set_peft_model_state_dict(self.peft, reward_weights, adapter_name=role)
+            if incompatible.unexpected_keys:
+                raise RunStateError(
+                    f"{rm_dir}: adapter weights do not fit the base model: {incompatible.unexpected_keys[:3]}"
+                )
+        # Heads run in float32 whatever the base's compute dtype: they are tiny and scores need precision.
+        self.reward_head = nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
+        self.value_head = nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
+        with torch.no_grad():
+            self.reward_head.weight.copy_(head)
+            self.value_head.weight.copy_(head)
+        self.reward_head.requires_grad_(False)
+        self.trainable = [
+            p
+            for n, p in self.peft.named_parameters()
+            if any(f".{r}." in n for r in TRAINABLE_ROLES)
+        ]
+        self.trainable_set_grad()
+        self.active = "policy"
+        self.use_role("policy")
+
+    def trainable_set_grad(self) -> None:
+        for name, param in self.peft.named_parameters():
+            param.requires_grad_(False)
+        for param in self.trainable:
+            param.requires_grad_(True)
+
+    def use_role(self, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        # PEFT's set_adapter also toggles requires_grad; ours stays fixed: policy and value train.
+        self.peft.base_model.set_adapter(role, inference_mode=True)
+        self.trainable_set_grad()
+        self.active = role
+
+    @contextmanager
+    def role(self, role: str) -> Iterator[None]:
+        previous = self.active
+        self.use_role(role)
+        try:
+            yield
+        finally:
+            self.use_role(previous)
+
+    def named_trainable(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor by name: the policy and value adapters and the value head."""
+        named = {n: p for n, p in self.peft.named_parameters() if p.requires_grad}
+        named["value_head.weight"] = self.value_head.weight
+        return named
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of the active role's body (no LM head: the heads here are scalar)."""
+        body = self.peft.base_model.model.get_decoder()
+        return body(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=_positions(attention_mask),
+        ).last_hidden_state
+
+    def logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int
+    ) -> torch.Tensor:
+        """LM logits of the active role for the last `keep_last` positions only (the answer)."""
+        return self.peft(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=_positions(attention_mask),
+            logits_to_keep=keep_last,
+        ).logits
+
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self.role("value"):
+            return self.value_head(self.hidden(input_ids, attention_mask).float()).squeeze(-1)
+
+    def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Reward-model score at the last real token of each row (right padding, pad may equal EOS)."""
+        with self.role("reward"):
+            hidden = self.hidden(input_ids, attention_mask)
+        last = last_token_index(attention_mask)
+        return self.reward_head(hidden[torch.arange(len(hidden)), last].float()).squeeze(-1)
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    # Positions count real tokens only, so a left-padded prompt sees the positions it would alone.
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, from the mask alone (never from pad_token_id)."""
+    width = attention_mask.shape[1]
+    flipped = attention_mask.flip(-1).int().argmax(-1)
+    return width - 1 - flipped
