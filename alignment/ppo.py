@@ -311,7 +311,7 @@ class PPORun:
         }
 
     def train(self, r: Rollouts) -> dict[str, float]:
-        cfg, model = self.cfg, self.model
+        cfg = self.cfg
         generator = torch.Generator().manual_seed(self.recipe.seed + self.update)
         totals: dict[str, list[float]] = {}
         size = len(r.scores)

@@ -103,7 +103,7 @@ class RoleModel(nn.Module):
         self.use_role("policy")
 
     def trainable_set_grad(self) -> None:
-        for name, param in self.peft.named_parameters():
+        for param in self.peft.parameters():
             param.requires_grad_(False)
         for param in self.trainable:
             param.requires_grad_(True)
