@@ -1,0 +1,136 @@
+"""Helpers shared by the ranking tests: databases with known candidates, annotators files, and the
+app served for real (in this process or as an `align ui` subprocess), on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from alignment.ui.annotators import Annotator, hash_password, save_annotators
+
+from alignment.store import NewCandidate, Store
+
+PASSWORDS = {
+    "alice": "alice-secret",
+    "bob": "bob-secret-2",
+    "carol": "carol-admin-pw",
+}
+ROLES = {"alice": "annotator", "bob": "annotator", "carol": "admin"}
+SETTINGS = {"max_new_tokens": 32, "temperature": 0.8, "top_k": 0, "top_p": 0.95}
+
+
+def user_prompt(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def fill_store(path: Path, prompts: list[tuple[str, list[str]]]) -> Store:
+    """A store whose prompt i+1 is prompts[i] with the given candidate texts (positions 0..K-1)."""
+    store = Store(path)
+    for number, (text, answers) in enumerate(prompts, start=1):
+        store.add_sampled(
+            user_prompt(text),
+            [
+                NewCandidate(answer, "tiny-test-model", SETTINGS, seed=number * 100 + i)
+                for i, answer in enumerate(answers)
+            ],
+            source=f"prompts.jsonl:{number}",
+        )
+    return store
+
+
+def write_annotators(path: Path, passwords: dict[str, str], roles: dict[str, str]) -> Path:
+    save_annotators(
+        path,
+        {
+            name: Annotator(name, roles.get(name, "annotator"), hash_password(pw), 0)
+            for name, pw in passwords.items()
+        },
+    )
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen | None = None, limit: float = 90
+) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)  # polling a port that is not up yet; nothing to wait on instead
+    raise TimeoutError(f"{url} did not answer within {limit}s")
+
+
+def start_server(
+    db: Path, annotators: Path, port: int, log: Path, per_prompt: int = 2
+) -> subprocess.Popen:
+    """`align ui` as a real separate process (so it can be SIGKILLed)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [
+        sys.executable,
+        "-m",
+        "alignment.cli",
+        "ui",
+        "--db",
+        str(db),
+        "--annotators",
+        str(annotators),
+        "--port",
+        str(port),
+        "--per-prompt",
+        str(per_prompt),
+    ]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    wait_until_serving(f"http://127.0.0.1:{port}/", process)
+    return process
+
+
+class ApiSession:
+    """Gradio's documented HTTP API (POST /gradio_api/call/NAME, then read the event stream),
+    signed in with a session cookie: lighter than gradio_client for many concurrent callers."""
+
+    def __init__(self, base: str, name: str, password: str, timeout: float = 60) -> None:
+        self.http = httpx.Client(base_url=base, timeout=timeout)
+        response = self.http.post("/login", data={"username": name, "password": password})
+        response.raise_for_status()
+
+    def call(self, api_name: str, *args: object) -> object:
+        """The endpoint's return value; raises ApiError with the app's message on refusal."""
+        response = self.http.post(f"/gradio_api/call/{api_name}", json={"data": list(args)})
+        response.raise_for_status()
+        event_id = response.json()["event_id"]
+        with self.http.stream("GET", f"/gradio_api/call/{api_name}/{event_id}") as stream:
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and event in ("complete", "error"):
+                    data = json.loads(line.split(":", 1)[1])
+                    if event == "error":
+                        raise ApiError(data.get("error") if isinstance(data, dict) else str(data))
+                    return data[0]
+        raise ApiError(f"{api_name}: stream ended without a result")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class ApiError(Exception):
+    pass
