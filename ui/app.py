@@ -26,8 +26,9 @@ from alignment.agreement import agreement
 from alignment.errors import AlignmentError
 from alignment.export import export
 from alignment.store import Lease, Store, SubmissionError, letter
-from alignment.ui.annotators import AnnotatorRegistry
-from alignment.ui.render import render_conversation, render_text
+
+from .annotators import AnnotatorRegistry
+from .render import render_conversation, render_text
 
 log = logging.getLogger(__name__)
 
@@ -341,15 +342,17 @@ def build_app(
                     undo = gr.Button("Undo last submission (U)", elem_id="undo")
                     refresh = gr.Button("Check for new prompts", elem_id="refresh")
                 message = gr.Markdown(elem_id="message")
-                with gr.Accordion("Skip: can't rank this prompt", open=True, elem_id="skip-panel"):
-                    with gr.Row():
-                        skip_reason = gr.Dropdown(
-                            SKIP_REASONS, value=None, label="Reason", elem_id="skip-reason"
-                        )
-                        skip_note = gr.Textbox(
-                            label="Details (needed for Other)", elem_id="skip-note", lines=1
-                        )
-                        skip = gr.Button("Skip this prompt", elem_id="skip")
+                with (
+                    gr.Accordion("Skip: can't rank this prompt", open=True, elem_id="skip-panel"),
+                    gr.Row(),
+                ):
+                    skip_reason = gr.Dropdown(
+                        SKIP_REASONS, value=None, label="Reason", elem_id="skip-reason"
+                    )
+                    skip_note = gr.Textbox(
+                        label="Details (needed for Other)", elem_id="skip-note", lines=1
+                    )
+                    skip = gr.Button("Skip this prompt", elem_id="skip")
             with gr.Tab("Admin", visible=False, elem_id="tab-admin") as admin_tab:
                 admin_refresh = gr.Button("Refresh", elem_id="admin-refresh")
                 admin_summary = gr.Markdown(elem_id="admin-summary")
@@ -610,7 +613,7 @@ def launch(
             f"{annotators}: no annotators yet; add one with `align annotators add`"
         )
     if single_user is not None:
-        from alignment.ui.annotators import check_name
+        from .annotators import check_name
 
         check_name(single_user)
     store = Store(db)
