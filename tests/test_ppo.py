@@ -1,0 +1,281 @@
+"""PPO with the four roles on one tiny base model."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from alignment.config import load_recipe
+from alignment.errors import DataError, RunStateError
+from alignment.models import load_model, load_tokenizer
+from alignment.ppo import pack, run_ppo, truncate_at_stop
+from alignment.roles import RoleModel, last_token_index
+from alignment.runs import read_jsonl
+from alignment.sft import run_sft
+from tests.conftest import ROOT, build_tiny_model
+
+
+def random_reward_adapter(model_dir: Path, out: Path, seed: int = 0) -> Path:
+    """A reward adapter in `align rm`'s output format with random (untrained) weights."""
+    torch.manual_seed(seed)
+    base = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules="all-linear",
+        task_type=TaskType.SEQ_CLS,
+        init_lora_weights=False,
+    )
+    get_peft_model(base, config).save_pretrained(out)
+    (out / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ppo_base(tmp_path_factory, tiny_model_dir):
+    """A run directory with an SFT adapter and a reward adapter, shared by the tests here."""
+    root = tmp_path_factory.mktemp("ppo")
+    demos = root / "demos.jsonl"
+    demos.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Say {i}"},
+                        {"role": "assistant", "content": f"{i}!"},
+                    ]
+                }
+            )
+            + "\n"
+            for i in range(16)
+        )
+    )
+    recipe_path = root / "recipe.yaml"
+    recipe_path.write_text(
+        f"""name: ppo-test
+run_dir: {root / "run"}
+model: {{name: {tiny_model_dir}}}
+lora: {{r: 4, alpha: 8}}
+sft: {{data: {demos}, max_steps: 2, batch_size: 4, eval_fraction: 0}}
+ppo:
+  prompts: {ROOT / "data" / "prompts.jsonl"}
+  updates: 4
+  rollout_batch_size: 4
+  minibatch_size: 2
+  max_new_tokens: 8
+  save_every: 2
+"""
+    )
+    recipe = load_recipe(recipe_path)
+    run_sft(recipe)
+    random_reward_adapter(tiny_model_dir, recipe.output_dir / "rm")
+    return recipe_path
+
+
+def recipe_in(ppo_base: Path, run_dir: Path, *overrides: str):
+    """The shared recipe, reading the shared adapters, writing PPO output under `run_dir`."""
+    shared = load_recipe(ppo_base).output_dir
+    return load_recipe(
+        ppo_base,
+        [
+            f"run_dir={run_dir}",
+            f"ppo.sft_adapter={shared / 'sft'}",
+            f"ppo.reward_adapter={shared / 'rm'}",
+            *overrides,
+        ],
+    )
+
+
+def test_roles_share_one_base_and_start_where_they_should(ppo_base, tiny_model_dir):
+    recipe = load_recipe(ppo_base)
+    run = recipe.output_dir
+    roles = RoleModel(load_model(recipe.model), run / "sft", run / "rm", str(tiny_model_dir))
+    tokenizer = load_tokenizer(recipe.model)
+    ids, mask, _ = pack(
+        [tokenizer("Say 3")["input_ids"], tokenizer("Hi")["input_ids"]],
+        [[5, 6, 7], [8]],
+        tokenizer.pad_token_id,
+    )
+    with torch.no_grad():
+        with roles.role("policy"):
+            policy = roles.logits(ids, mask, keep_last=4)
+        with roles.role("reference"):
+            reference = roles.logits(ids, mask, keep_last=4)
+        torch.testing.assert_close(policy, reference)  # both are the SFT adapter at the start
+        sft_model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(tiny_model_dir), run / "sft"
+        )
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        torch.testing.assert_close(
+            policy,
+            sft_model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits[:, -4:],
+        )
+        rewards = roles.rewards(ids, mask)
+        values = roles.values(ids, mask)
+        # value starts as a copy of reward: at the last real token they agree
+        torch.testing.assert_close(values[torch.arange(2), last_token_index(mask)], rewards)
+        # the reward role equals the saved sequence-classification reward model, scored alone
+        rm = PeftModel.from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1),
+            run / "rm",
+        )
+        for row in range(2):
+            real = ids[row][mask[row].bool()][None]
+            torch.testing.assert_close(rm(input_ids=real).logits[0, 0], rewards[row])
+    base_params = sum(p.numel() for n, p in roles.peft.named_parameters() if "lora_" not in n)
+    assert base_params == sum(
+        p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()
+    )
+    trainable = roles.named_trainable()
+    assert trainable and all(
+        (".policy." in n or ".value." in n or n == "value_head.weight") for n in trainable
+    )
+    with roles.role("reference"):
+        assert all(
+            p.requires_grad for p in trainable.values()
+        )  # switching roles never freezes training
+
+
+def test_ppo_runs_logs_and_saves_a_loadable_policy(ppo_base, tmp_path, tiny_model_dir):
+    recipe = recipe_in(ppo_base, tmp_path)
+    outcome = run_ppo(recipe)
+    history = outcome.history
+    assert [h["update"] for h in history] == [1, 2, 3, 4]
+    for key in (
+        "reward",
+        "reward_raw",
+        "kl",
+        "entropy",
+        "policy_loss",
+        "value_loss",
+        "clip_fraction",
+        "approx_kl",
+        "explained_variance",
+        "answer_length",
+        "seconds_generate",
+        "seconds_score",
+        "seconds_train",
+    ):
+        assert all(key in h for h in history), key
+    assert all(h["ratio_first_minibatch"] == pytest.approx(1.0, abs=1e-6) for h in history)
+    assert history[0]["kl"] == pytest.approx(
+        0.0, abs=1e-6
+    )  # policy == reference before the first step
+    assert (outcome.out_dir / "samples.jsonl").is_file()
+    card = (outcome.out_dir / "README.md").read_text()
+    assert "library_name: peft" in card and "ppo" in card
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy = PeftModel.from_pretrained(base, outcome.out_dir)
+    sft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        load_recipe(ppo_base).output_dir / "sft",
+    )
+    ids = torch.tensor([[1, 40, 50, 60]])
+    with torch.no_grad():
+        assert not torch.allclose(policy(ids).logits, sft(ids).logits)  # PPO moved the policy
+        merged = policy.merge_and_unload()
+        torch.testing.assert_close(
+            merged(ids).logits,
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(tiny_model_dir), outcome.out_dir
+            )(ids).logits,
+            atol=1e-5,
+            rtol=1e-4,
+        )
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(ppo_base, tmp_path):
+    straight = run_ppo(recipe_in(ppo_base, tmp_path / "straight")).history
+
+    interrupted = tmp_path / "killed"
+    shared = load_recipe(ppo_base).output_dir
+    command = [
+        sys.executable,
+        "-m",
+        "alignment.cli",
+        "ppo",
+        str(ppo_base),
+        f"run_dir={interrupted}",
+        f"ppo.sft_adapter={shared / 'sft'}",
+        f"ppo.reward_adapter={shared / 'rm'}",
+    ]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (interrupted / "ppo" / "checkpoints" / "update-2").is_dir():
+        assert child.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    with pytest.raises(RunStateError, match="pass --resume"):
+        run_ppo(recipe_in(ppo_base, interrupted))
+    resumed = run_ppo(recipe_in(ppo_base, interrupted), resume=True).history
+    assert [h["update"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(straight, resumed, strict=True):
+        for key in ("reward", "kl", "policy_loss", "value_loss", "answer_length", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["update"], key)
+
+
+def test_bad_inputs_fail_before_any_rollout(ppo_base, tmp_path, tiny_model_dir):
+    with pytest.raises(RunStateError, match="no SFT adapter"):
+        run_ppo(recipe_in(ppo_base, tmp_path / "a", f"ppo.sft_adapter={tmp_path / 'missing'}"))
+    long_prompt = tmp_path / "long.jsonl"
+    long_prompt.write_text(
+        json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": "word " * 400}) + "\n"
+    )
+    with pytest.raises(
+        DataError,
+        match=r"long\.jsonl:2: prompt is \d+ tokens, longer than ppo.max_prompt_length=256",
+    ):
+        run_ppo(recipe_in(ppo_base, tmp_path / "b", f"ppo.prompts={long_prompt}"))
+    other_base = build_tiny_model(tmp_path / "other-base")
+    other_rm = random_reward_adapter(other_base, tmp_path / "other-rm")
+    with pytest.raises(RunStateError, match=r"trained on .*other-base"):
+        run_ppo(recipe_in(ppo_base, tmp_path / "c", f"ppo.reward_adapter={other_rm}"))
+
+
+def test_stop_strings_truncate_answers(tiny_model_dir):
+    tokenizer = load_tokenizer(
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", [f"model.name={tiny_model_dir}"]).model
+    )
+    ids = tokenizer("The answer is 4. Question: what next?", add_special_tokens=False)["input_ids"]
+    kept, stopped = truncate_at_stop(tokenizer, ids, ["Question:"])
+    assert stopped and tokenizer.decode(kept).startswith("The answer is 4. Question:")
+    assert "what" not in tokenizer.decode(kept)
+    assert truncate_at_stop(tokenizer, ids, ["User:"]) == (ids, False)
+
+
+def test_two_process_accelerate_run_completes(ppo_base, tmp_path):
+    shared = load_recipe(ppo_base).output_dir
+    done = subprocess.run(
+        [
+            "accelerate",
+            "launch",
+            "--num_processes",
+            "2",
+            "--cpu",
+            "-m",
+            "alignment.cli",
+            "ppo",
+            str(ppo_base),
+            f"run_dir={tmp_path}",
+            f"ppo.sft_adapter={shared / 'sft'}",
+            f"ppo.reward_adapter={shared / 'rm'}",
+            "ppo.updates=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    history = read_jsonl(tmp_path / "ppo" / "metrics.jsonl")
+    assert [h["update"] for h in history] == [1, 2]
+    assert (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
