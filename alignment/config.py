@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alignment.errors import RecipeError
 
@@ -210,23 +210,29 @@ class RMConfig(Section):
 
 class PPOConfig(Section):
     prompts: str = Field(
-        "data/prompts.jsonl", description="Prompts to roll out: `prompt` text or chat `messages` rows."
+        "data/prompts.jsonl",
+        description="Prompts to roll out: `prompt` text or chat `messages` rows.",
     )
     sft_adapter: Path | None = Field(
         None, description="Policy and reference start here. Default: <run_dir>/sft."
     )
     reward_adapter: Path | None = Field(
-        None, description="Reward adapter and head; the value role starts here too. Default: <run_dir>/rm."
+        None,
+        description="Reward adapter and head; the value role starts here too. Default: <run_dir>/rm.",
     )
     updates: int = Field(20, gt=0, description="PPO updates (rollout, score, train) to run.")
-    rollout_batch_size: int = Field(8, gt=0, description="Prompts rolled out per update per process.")
+    rollout_batch_size: int = Field(
+        8, gt=0, description="Prompts rolled out per update per process."
+    )
     minibatch_size: int = Field(4, gt=0, description="Rollouts per optimizer step.")
     grad_accum: int = Field(1, gt=0, description="Forward passes each minibatch is split into.")
     ppo_epochs: int = Field(2, gt=0, description="Passes over each update's rollouts.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of policy and value.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     max_prompt_length: int = Field(
-        256, gt=0, description="Longest prompt in tokens; a longer one is an error before any rollout."
+        256,
+        gt=0,
+        description="Longest prompt in tokens; a longer one is an error before any rollout.",
     )
     max_new_tokens: int = Field(48, gt=0, description="Longest answer in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
@@ -237,9 +243,12 @@ class PPOConfig(Section):
     unfinished_penalty: float = Field(
         -1.0, description="Added to the score of an answer that hit max_new_tokens without ending."
     )
-    kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token KL penalty to the SFT model.")
+    kl_coef: float = Field(
+        0.05, ge=0, description="Weight of the per-token KL penalty to the SFT model."
+    )
     kl_estimator: Literal["k1", "k3"] = Field(
-        "k1", description="k1: log p/q (unbiased); k3: q/p - 1 - log q/p (unbiased, never negative)."
+        "k1",
+        description="k1: log p/q (unbiased); k3: q/p - 1 - log q/p (unbiased, never negative).",
     )
     target_kl: float | None = Field(
         None, gt=0, description="If set, adapt kl_coef towards this KL per answer (Ziegler et al.)."
@@ -253,11 +262,91 @@ class PPOConfig(Section):
     normalize_rewards: bool = Field(
         True, description="Standardise scores with the reward model's training statistics."
     )
-    reward_clip: float | None = Field(None, gt=0, description="Clip scores to [-x, x] after normalising.")
+    reward_clip: float | None = Field(
+        None, gt=0, description="Clip scores to [-x, x] after normalising."
+    )
     whiten_rewards: bool = Field(False, description="Whiten per-token rewards before GAE.")
     whiten_advantages: bool = Field(True, description="Whiten advantages per update.")
     sample_every: int = Field(5, gt=0, description="Log a table of sample answers every N updates.")
     save_every: int = Field(5, gt=0, description="Write a resumable checkpoint every N updates.")
+
+
+RUBRIC_CRITERIA = ("length", "complete", "relevance", "no_repetition", "no_banned_phrases")
+
+
+class RubricConfig(Section):
+    """A transparent judge: each criterion scores 0..1, the judge's score is their weighted mean."""
+
+    min_words: int = Field(8, ge=0, description="length: full marks from this many words...")
+    max_words: int = Field(60, gt=0, description="...up to this many; linear decay outside.")
+    banned_phrases: list[str] = Field(
+        default_factory=lambda: ["as an ai", "i'm sorry, but i can't"],
+        description="no_banned_phrases: 0 if the answer contains any of these (case-insensitive).",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(RUBRIC_CRITERIA, 1.0),
+        description="Weight per criterion: length, complete (ends a sentence), relevance (shares "
+        "the prompt's content words), no_repetition (no repeated word trigrams), no_banned_phrases.",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _known_criteria(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(RUBRIC_CRITERIA))
+        if unknown:
+            raise ValueError(f"unknown criteria {unknown}; allowed: {', '.join(RUBRIC_CRITERIA)}")
+        if sum(weights.values()) <= 0 or min(weights.values()) < 0:
+            raise ValueError("weights must be non-negative with a positive sum")
+        return {name: weights.get(name, 0.0) for name in RUBRIC_CRITERIA}
+
+
+class JudgeConfig(Section):
+    """Who ranks sampled answers in an unattended run (`align run`), writing to the same store."""
+
+    kind: Literal["rubric", "reward-model"] = Field(
+        "rubric", description="rubric: the transparent rubric below; reward-model: a gold RM."
+    )
+    name: str = Field("rubric", description="Rankings are stored under annotator judge:<name>.")
+    rubric: RubricConfig = Field(default_factory=RubricConfig, description="The rubric judge.")
+    reward_adapter: Path | None = Field(
+        None, description="reward-model judge: a reward adapter directory or Hub id."
+    )
+
+
+class EvalConfig(Section):
+    """Evaluation of SFT against the final policy on held-out prompts."""
+
+    prompts: str = Field("data/prompts_heldout.jsonl", description="Held-out prompts.")
+    limit: int | None = Field(None, gt=0, description="Evaluate on the first N prompts only.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest answer, in tokens.")
+    temperature: float = Field(0.0, ge=0, description="0: greedy answers, reproducible.")
+    batch_size: int = Field(8, gt=0, description="Prompts generated together.")
+    gold_reward_adapter: Path | None = Field(
+        None, description="A reward adapter to report gold reward with. Default: the run's RM."
+    )
+
+
+ChainStage = Literal["sft", "sample", "rank", "rm", "ppo", "dpo", "eval", "report"]
+
+
+class ChainConfig(Section):
+    """`align run`: which stages run, in order, each reading the previous one's output."""
+
+    stages: list[ChainStage] = Field(
+        default_factory=lambda: ["sft", "sample", "rank", "rm", "ppo", "eval", "report"],
+        description="Stages in order; use dpo instead of (or besides) rm and ppo for DPO.",
+    )
+    sample_prompts: str = Field(
+        "data/prompts.jsonl", description="Prompts whose K sampled answers get ranked."
+    )
+    sample_limit: int | None = Field(None, gt=0, description="Sample the first N prompts only.")
+    rank_with: Literal["judge", "humans"] = Field(
+        "judge",
+        description="judge: the recipe's judge ranks; humans: stop after `sample` for `align ui`.",
+    )
+    min_rankings: int = Field(
+        8, gt=0, description="The rm stage refuses to start with fewer current rankings."
+    )
 
 
 class Recipe(Section):
@@ -274,6 +363,9 @@ class Recipe(Section):
     )
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model stage (`align rm`).")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage (`align ppo`).")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Unattended ranking.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    chain: ChainConfig = Field(default_factory=ChainConfig, description="`align run` stages.")
 
     @property
     def output_dir(self) -> Path:
