@@ -190,7 +190,9 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
     add = actions.add_parser("add", help="add an annotator; the password is read from stdin")
     add.add_argument("name")
     add.add_argument("--file", default="annotators.yaml")
-    add.add_argument("--role", choices=["annotator", "admin"], default="annotator")
+    add.add_argument(
+        "--role", choices=["annotator", "admin"], help="default: annotator (kept on --replace)"
+    )
     add.add_argument("--replace", action="store_true", help="change an existing entry")
     listing = actions.add_parser("list", help="list annotators and roles")
     listing.add_argument("--file", default="annotators.yaml")

@@ -188,12 +188,17 @@ def save_annotators(path: str | Path, annotators: dict[str, Annotator]) -> None:
 
 
 def add_annotator(
-    path: str | Path, name: str, password: str, role: str = "annotator", replace: bool = False
+    path: str | Path,
+    name: str,
+    password: str,
+    role: str | None = None,
+    replace: bool = False,
 ) -> Annotator:
+    """Add (or with `replace`, update) an entry. role None: annotator, or the existing role."""
     path = Path(path)
     check_name(name)
     check_password(password)
-    if role not in ROLES:
+    if role is not None and role not in ROLES:
         raise DataError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     annotators = load_annotators(path) if path.exists() else {}
     if name in annotators and not replace:
@@ -201,6 +206,7 @@ def add_annotator(
             f"{path}:{annotators[name].line}: annotator {name!r} already exists; "
             "pass --replace to set a new password or role"
         )
+    role = role or (annotators[name].role if name in annotators else "annotator")
     line = annotators[name].line if name in annotators else 0
     entry = Annotator(name, role, hash_password(password), line)
     annotators[name] = entry
