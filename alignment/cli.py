@@ -39,6 +39,32 @@ def cmd_ppo(args: argparse.Namespace) -> None:
     print(f"PPO policy adapter: {outcome.out_dir}  {outcome.summary}")
 
 
+def cmd_run(args: argparse.Namespace) -> None:
+    from alignment.chain import run_chain
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    ran = run_chain(recipe, start=args.start, until=args.until)
+    print(
+        f"ran: {', '.join(ran) or 'nothing (every stage had finished)'}; run directory: {recipe.output_dir}"
+    )
+    if (recipe.output_dir / "report.html").is_file():
+        print(f"report: {recipe.output_dir / 'report.html'}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from alignment.report import build_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "recipe.yaml").is_file():
+        from alignment.errors import RunStateError
+
+        raise RunStateError(f"{run_dir}: not a run directory (no recipe.yaml)")
+    html, markdown = build_report(run_dir)
+    print(f"report: {html} and {markdown}")
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     from alignment.models import EMBEDDED_MODELS, cache_root
 
@@ -214,6 +240,8 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sft": cmd_sft,
     "ppo": cmd_ppo,
+    "run": cmd_run,
+    "report": cmd_report,
     "models": cmd_models,
     "config": cmd_config,
     "sample": cmd_sample,
@@ -233,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     ppo = _recipe_command(sub, "ppo", "PPO of the SFT policy against the reward model, KL to SFT")
     ppo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    chain = _recipe_command(sub, "run", "the whole chain: sft, sample, rank, rm, ppo, eval, report")
+    chain.add_argument(
+        "--from", dest="start", metavar="STAGE", help="redo this stage and the ones after"
+    )
+    chain.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    report = sub.add_parser("report", help="rebuild a run's HTML and Markdown report")
+    report.add_argument("run_dir", help="e.g. runs/quickstart")
     sub.add_parser("models", help="list embedded models and what is cached")
     config = sub.add_parser(
         "config", help="list every recipe key, or print a recipe fully resolved"

@@ -136,10 +136,21 @@ def judge_store(store: Store, name: str, scorer: Scorer, per_prompt: int = 1) ->
     return submitted
 
 
+def reward_scorer(adapter: Path) -> Scorer:
+    """A reward adapter as a scoring function (loaded once, scores at the last real token)."""
+    from alignment.rm import load_reward_model, score
+
+    model, tokenizer, stats = load_reward_model(adapter)
+
+    def reward(messages: Messages, answers: Sequence[str]) -> list[float]:
+        conversations = [[*messages, {"role": "assistant", "content": a}] for a in answers]
+        return score(model, tokenizer, conversations, max_length=stats.get("max_length")).tolist()
+
+    return reward
+
+
 def build_scorer(judge: JudgeConfig, run_dir: Path) -> Scorer:
-    """The recipe's judge as a scoring function (the reward-model judge loads its adapter once)."""
+    """The recipe's judge as a scoring function."""
     if judge.kind == "rubric":
         return rubric_scorer(judge.rubric)
-    from alignment.rm import RewardScorer
-
-    return RewardScorer.load(judge.reward_adapter or run_dir / "rm").score_answers
+    return reward_scorer(judge.reward_adapter or run_dir / "rm")

@@ -56,6 +56,7 @@ def run_sample(
     db: str | Path,
     k: int | None = None,
     adapter: str | Path | None = None,
+    limit: int | None = None,
 ) -> SampleOutcome:
     cfg = recipe.sample if k is None else recipe.sample.model_copy(update={"k": k})
     if cfg.k < 2:
@@ -68,7 +69,7 @@ def run_sample(
             f"--adapter {adapter}: no adapter_config.json there (not a PEFT adapter)"
         )
 
-    rows = read_prompts(prompts_file)
+    rows = read_prompts(prompts_file)[:limit]  # limit: the first N prompts only
     store = Store(db)
     done = store.sampled_keys()
     todo: list[tuple[str, str, list[dict[str, str]]]] = []

@@ -1,0 +1,80 @@
+"""`align run`: the whole chain on the tiny model, with the rubric judge ranking."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignment.chain import run_chain
+from alignment.config import load_recipe
+from alignment.errors import RecipeError
+from alignment.store import Store
+from tests.conftest import ROOT
+
+
+@pytest.fixture
+def chain_recipe(tmp_path, tiny_model_dir, demos_file):
+    path = tmp_path / "chain.yaml"
+    path.write_text(
+        f"""name: chain
+run_dir: {tmp_path / "run"}
+model: {{name: {tiny_model_dir}}}
+lora: {{r: 4, alpha: 8}}
+sft: {{data: {demos_file}, max_steps: 3, batch_size: 4, eval_fraction: 0}}
+sample: {{k: 3, max_new_tokens: 8, batch_size: 8}}
+chain: {{sample_prompts: {ROOT / "data" / "prompts.jsonl"}, sample_limit: 12}}
+judge: {{rubric: {{min_words: 2, max_words: 6}}}}
+rm: {{max_steps: 4, batch_size: 4, eval_fraction: 0.25, max_length: 64}}
+ppo: {{prompts: {ROOT / "data" / "prompts.jsonl"}, updates: 2, rollout_batch_size: 4, minibatch_size: 2, max_new_tokens: 8}}
+eval: {{prompts: {ROOT / "data" / "prompts_heldout.jsonl"}, limit: 4, max_new_tokens: 8}}
+"""
+    )
+    return path
+
+
+def test_whole_chain_runs_skips_finished_stages_and_reports(chain_recipe):
+    recipe = load_recipe(chain_recipe)
+    assert run_chain(recipe) == ["sft", "sample", "rank", "rm", "ppo", "eval", "report"]
+    run = recipe.output_dir
+    store = Store(run / "rankings.db")
+    rankings = list(store.current_rankings())
+    assert len(rankings) == 12 and {r.annotator for r in rankings} == {"judge:rubric"}
+    evaluation = json.loads((run / "eval" / "eval.json").read_text())
+    assert evaluation["prompts"] == 4 and 0 <= evaluation["win_rate"] <= 1
+    assert evaluation["kl_to_sft"] >= 0
+    html = (run / "report.html").read_text()
+    assert f"{evaluation['ppo']['judge_score']:.3f}" in html and html.count("<svg") >= 4
+    assert "http://" not in html.replace(
+        "http://www.w3.org", ""
+    )  # readable offline: nothing fetched
+    assert (run / "report.md").is_file()
+
+    # A rerun skips every finished stage; sample and rank find nothing left to do.
+    assert run_chain(recipe) == ["sample", "rank", "report"]
+    assert len(list(Store(run / "rankings.db").current_rankings())) == 12
+
+
+def test_from_and_until(chain_recipe):
+    recipe = load_recipe(chain_recipe)
+    assert run_chain(recipe, until="rank") == ["sft", "sample", "rank"]
+    assert not (recipe.output_dir / "rm").exists()
+    first_sft = (recipe.output_dir / "sft" / "adapter_model.safetensors").read_bytes()
+    assert run_chain(recipe, start="sft", until="sft") == ["sft"]
+    assert list(recipe.output_dir.glob("sft.previous-*"))  # the earlier output is kept
+    assert (
+        recipe.output_dir / "sft" / "adapter_model.safetensors"
+    ).read_bytes() == first_sft  # seeded
+    with pytest.raises(RecipeError, match="--from dpo: not a stage of this recipe"):
+        run_chain(recipe, start="dpo")
+
+
+def test_human_ranking_stops_after_sampling(chain_recipe, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "alignment.cli", "run", str(chain_recipe), "chain.rank_with=humans"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "0 rankings in" in done.stdout and "--from rm" in done.stdout
+    assert not (tmp_path / "run" / "rm").exists()
