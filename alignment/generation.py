@@ -57,6 +57,7 @@ class Completion:
     token_ids: list[int]  # generated tokens, the stop token excluded
     prompt_tokens: int
     finish_reason: Literal["stop", "length"]
+    stop_token: int | None = None  # the end-of-sequence token sampled, when finish_reason is stop
 
     @property
     def num_tokens(self) -> int:
@@ -126,7 +127,7 @@ def _generate_batch(
     settings: GenerationSettings,
     pad_id: int,
     stops: set[int],
-) -> list[tuple[list[int], str]]:
+) -> list[tuple[list[int], int | None]]:
     device = next(model.parameters()).device
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
@@ -139,7 +140,7 @@ def _generate_batch(
     cache, logits = out.past_key_values, out.logits[:, -1, :]
     positions = position_ids[:, -1:]
     tokens: list[list[int]] = [[] for _ in prompts]
-    finished: list[str | None] = [None] * len(prompts)
+    finished: list[int | None] = [None] * len(prompts)  # the stop token each row ended with
     stop_tensor = torch.tensor(sorted(stops), device=device)
     for step in range(settings.max_new_tokens):
         picked = _pick(logits, settings, generators)
@@ -147,7 +148,7 @@ def _generate_batch(
             if finished[row] is not None:
                 continue
             if token in stops:
-                finished[row] = "stop"
+                finished[row] = token
             else:
                 tokens[row].append(token)
         if all(f is not None for f in finished) or step == settings.max_new_tokens - 1:
@@ -165,7 +166,7 @@ def _generate_batch(
             use_cache=True,
         )
         cache, logits = out.past_key_values, out.logits[:, -1, :]
-    return [(row, reason or "length") for row, reason in zip(tokens, finished, strict=True)]
+    return list(zip(tokens, finished, strict=True))
 
 
 def generate(
@@ -203,12 +204,13 @@ def generate(
                 pad_id,
                 stops,
             )
-            for index, (token_ids, reason) in zip(batch, outputs, strict=True):
+            for index, (token_ids, stop_token) in zip(batch, outputs, strict=True):
                 results[index] = Completion(
                     text=tokenizer.decode(token_ids, skip_special_tokens=True),
                     token_ids=token_ids,
                     prompt_tokens=len(encoded[index]),
-                    finish_reason=reason,  # type: ignore[arg-type]
+                    finish_reason="length" if stop_token is None else "stop",
+                    stop_token=stop_token,
                 )
             if progress is not None:
                 progress(len(batch))
