@@ -279,3 +279,21 @@ def test_two_process_accelerate_run_completes(ppo_base, tmp_path):
     history = read_jsonl(tmp_path / "ppo" / "metrics.jsonl")
     assert [h["update"] for h in history] == [1, 2]
     assert (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
+
+
+def test_nan_reward_stops_with_the_update_and_cause_keeping_the_last_checkpoint(
+    ppo_base, tmp_path, tiny_model_dir
+):
+    from safetensors.torch import load_file, save_file
+
+    broken = random_reward_adapter(tiny_model_dir, tmp_path / "nan-rm")
+    weights = load_file(broken / "adapter_model.safetensors")
+    weights["base_model.model.score.weight"] = torch.full_like(
+        weights["base_model.model.score.weight"], float("nan")
+    )
+    save_file(weights, broken / "adapter_model.safetensors")
+    from alignment.ppo import TrainingDiverged
+
+    with pytest.raises(TrainingDiverged, match="update 1: the reward model returned NaN"):
+        run_ppo(recipe_in(ppo_base, tmp_path / "run", f"ppo.reward_adapter={broken}"))
+    assert not (tmp_path / "run" / "ppo" / "checkpoints").exists()  # nothing half-trained was saved
