@@ -442,8 +442,10 @@ def build_app(
                 *form_values(name, lease, raw_text, ""),
             ]
 
-        def on_submit(current: dict | None, *values: Any, request: gr.Request) -> list[Any]:
-            *ranks, allow_tie, raw_text = values
+        def on_submit(values: dict, request: gr.Request) -> list[Any]:
+            # A set of inputs arrives as one dict keyed by component (K varies per prompt).
+            current, allow_tie, raw_text = values[state], values[tie], values[raw]
+            ranks = [values[radio] for radio in radios]
             try:
                 name, _ = service.user(request)
                 if not current:
@@ -557,7 +559,7 @@ def build_app(
 
         private = {"api_visibility": "private"}
         demo.load(on_load, [raw], [whoami, admin_tab, *form], **private)
-        submit.click(on_submit, [state, *radios, tie, raw], form, **private)
+        submit.click(on_submit, {state, *radios, tie, raw}, form, **private)
         skip.click(
             on_skip,
             [state, skip_reason, skip_note, raw],
@@ -566,7 +568,7 @@ def build_app(
         )
         undo.click(on_undo, [raw], form, **private)
         refresh.click(on_refresh, [raw], form, **private)
-        raw.change(on_raw, [state, raw], [prompt_view, *views], **private)
+        raw.change(on_raw, [state, raw], [prompt_view, *views], show_progress="hidden", **private)
         admin_tab.select(on_admin, None, [admin_summary, admin_people, admin_agreement], **private)
         admin_refresh.click(
             on_admin, None, [admin_summary, admin_people, admin_agreement], **private

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from markdown_it import MarkdownIt
 
 _markdown = (
-    MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+    # breaks: a single newline stays a line break, as model answers are written line by line.
+    MarkdownIt(
+        "commonmark", {"html": False, "breaks": True, "linkify": False, "typographer": False}
+    )
     .enable(["table", "strikethrough"])
     .disable(["image", "entity"])
 )

@@ -1,0 +1,320 @@
+"""End to end in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright): two
+annotators sign in, rank (one with a tie), skip, undo; an admin looks and exports; the database
+rows and the exported pairs are then checked exactly. Waits are Playwright `expect`s on elem_ids.
+
+A screenshot of the ranking page is written to $ARTIFACTS_DIR (default: the system temp dir's
+align-artifacts/) as ranking-page.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+from alignment.ui.app import launch  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
+
+from alignment.cli import main  # noqa: E402
+from alignment.store import Store  # noqa: E402
+from tests.ranking_support import PASSWORDS, ROLES, fill_store, free_port, write_annotators  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (see .ci/apt-packages.txt)"
+)
+
+COLOURS = ["Red.", "Blue.", "Green.", "Purple."]
+XSS = (
+    '<script>window.__xss = "script"; alert("xss-script")</script>\n\n'
+    "<img src=x onerror=\"window.__xss = 'img'; alert('xss-img')\">\n\n"
+    "![tracker](http://203.0.113.9/pixel.png)"
+)
+HTML_ANSWERS = [XSS, "Use **bold** with `<b>` tags.", "I can't help with that."]
+UNICODE = "".join(
+    f"{i}: naïve café 日本語 עברית العربية हिन्दी 🙂👩‍👩‍👧 e\u0301 𝔘𝔫𝔦 <b>&amp;</b> ${{x}} {{{{y}}}}\n"
+    for i in range(400)
+)
+GREETINGS = [UNICODE, "Hello.", "Hi!"]
+TIMEOUT = 20_000
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    root = tmp_path_factory.mktemp("browser")
+    db = root / "rankings.db"
+    fill_store(
+        db,
+        [
+            ("Name a primary colour.", COLOURS),
+            ("Show me some HTML.", HTML_ANSWERS),
+            ("Say hello in many scripts.", GREETINGS),
+        ],
+    ).close()
+    write_annotators(root / "annotators.yaml", PASSWORDS, ROLES)
+    port = free_port()
+    demo, _ = launch(db, annotators=root / "annotators.yaml", port=port, per_prompt=2, block=False)
+    yield f"http://127.0.0.1:{port}/", db
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Watch:
+    """Every request and dialog of every page, to prove nothing ran and nothing left 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.dialogs: list[str] = []
+
+    def attach(self, page: Page) -> Page:
+        page.on("request", lambda request: self.requests.append(request.url))
+        page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        return page
+
+
+def sign_in(browser: object, url: str, watch: Watch, name: str, password: str) -> Page:
+    page = watch.attach(browser.new_context(viewport={"width": 1280, "height": 1300}).new_page())
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Login").click()
+    return page
+
+
+def slot_texts(page: Page, k: int) -> list[str]:
+    return [page.locator(f"#answer-{i} .answer-text").inner_text().strip() for i in range(k)]
+
+
+def rank_by_text(page: Page, ranks: dict[str, int]) -> dict[int, int]:
+    """Click each answer's rank by its text (the order on screen is the annotator's own)."""
+    texts = slot_texts(page, len(ranks))
+    chosen = {}
+    for slot, text in enumerate(texts):
+        rank = next(r for t, r in ranks.items() if text.startswith(t.rstrip(".")[:12]))
+        page.locator(f"#rank-{slot}").get_by_label(str(rank), exact=True).check()
+        chosen[slot] = rank
+    return chosen
+
+
+def expect_ranks(page: Page, chosen: dict[int, int]) -> None:
+    for slot, rank in chosen.items():
+        expect(page.locator(f"#rank-{slot} input[value='{rank}']")).to_be_checked()
+
+
+def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser: object) -> None:
+    url, db = app
+    watch = Watch()
+
+    # Wrong password and unknown annotator are refused on the sign-in form.
+    page = sign_in(browser, url, watch, "alice", "not-her-password")
+    expect(page.get_by_text("Incorrect Credentials")).to_be_visible(timeout=TIMEOUT)
+    page.get_by_label("username").fill("mallory")
+    page.get_by_label("password").fill(PASSWORDS["alice"])
+    page.get_by_role("button", name="Login").click()
+    # A refused sign-in clears the name field: that is the answer to wait for.
+    expect(page.get_by_label("username")).to_have_value("", timeout=TIMEOUT)
+    expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+    page.get_by_label("username").fill("alice")
+    page.get_by_label("password").fill(PASSWORDS["alice"])
+    page.get_by_role("button", name="Login").click()
+
+    # Alice: prompt 1. An empty submission is refused.
+    expect(page.locator("#whoami")).to_contain_text(
+        "Signed in as alice (annotator)", timeout=TIMEOUT
+    )
+    expect(page.locator("#prompt")).to_contain_text("Name a primary colour.")
+    expect(page.locator("#progress")).to_contain_text("Done today: 0 · Left in queue: 3")
+    expect(page.get_by_role("tab", name="Admin")).to_have_count(0)
+    page.locator("#submit").click()
+    expect(page.locator("#message")).to_contain_text(
+        "Not saved. Incomplete: give every answer a rank; A, B, C, D have none."
+    )
+    # Equal ranks without the tie control: refused, and the form stays as it was.
+    alice_ranks = {"Red.": 1, "Blue.": 2, "Green.": 2, "Purple.": 3}
+    chosen = rank_by_text(page, alice_ranks)
+    page.locator("#submit").click()
+    expect(page.locator("#message")).to_contain_text("Tie not confirmed")
+    expect_ranks(page, chosen)
+    expect(page.locator("#tie input")).not_to_be_checked()
+    # Keyboard: T ticks the tie control, Ctrl+Enter submits.
+    page.locator("#prompt").click()
+    page.keyboard.press("t")
+    expect(page.locator("#tie input")).to_be_checked()
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#message")).to_contain_text("Saved ranking #1.")
+
+    # Prompt 2 carries a script, an img onerror and a remote image: all shown as text.
+    expect(page.locator("#prompt")).to_contain_text("Show me some HTML.")
+    expect(page.locator("#progress")).to_contain_text("Done today: 1 · Left in queue: 2")
+    expect(
+        page.get_by_text('<script>window.__xss = "script"; alert("xss-script")</script>')
+    ).to_be_visible()
+    expect(page.get_by_text("<img src=x onerror=")).to_be_visible()
+    answers = page.locator("[id^='answer-']")
+    assert answers.locator("script, img, iframe, object").count() == 0
+    page.locator("#raw input").check()  # a server round trip while the answer is on screen
+    expect(page.locator("pre.raw-text").first).to_be_visible()
+    assert page.evaluate("window.__xss") is None
+    page.locator("#raw input").uncheck()
+    expect(page.locator("pre.raw-text")).to_have_count(0)
+
+    # Skip it with a reason.
+    page.locator("#skip-reason input").click()
+    page.get_by_role("option", name="The prompt is unclear or broken").click()
+    page.locator("#skip").click()
+    expect(page.locator("#message")).to_contain_text("Skipped (#1).")
+    expect(page.locator("#prompt")).to_contain_text("Say hello in many scripts.")
+
+    # Unicode of any kind, shown intact (raw view: the exact characters).
+    page.locator("#raw input").check()
+    expect(page.locator("[id^='answer-'] pre.raw-text")).to_have_count(3)
+    slot = next(i for i, t in enumerate(slot_texts(page, 3)) if t.startswith("0: naïve"))
+    assert page.locator(f"#answer-{slot} pre.raw-text").text_content() == UNICODE
+    page.locator("#raw input").uncheck()
+    expect(page.locator("pre.raw-text")).to_have_count(0)
+
+    # U undoes the skip: prompt 2 comes back. Rank it with the keyboard (letter, then digit).
+    page.locator("#prompt").click()
+    page.keyboard.press("u")
+    expect(page.locator("#message")).to_contain_text("Undid your skip #1.")
+    expect(page.locator("#prompt")).to_contain_text("Show me some HTML.")
+    wanted = {"Use **bold**": 1, "<script>": 2, "I can't help": 3}
+    texts = slot_texts(page, 3)
+    alice_html = {}
+    for i, text in enumerate(texts):
+        shown = text.replace("bold", "**bold**", 1) if text.startswith("Use bold") else text
+        rank = next(r for start, r in wanted.items() if shown.startswith(start))
+        page.keyboard.press("abc"[i])
+        page.keyboard.press(str(rank))
+        alice_html[i] = rank
+    expect_ranks(page, alice_html)
+    page.locator("#submit").click()
+    expect(page.locator("#message")).to_contain_text("Saved ranking #2.")
+    expect(page.locator("#prompt")).to_contain_text("Say hello in many scripts.")
+    artifacts = Path(
+        os.environ.get("ARTIFACTS_DIR", Path(tempfile.gettempdir()) / "align-artifacts")
+    )
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / "ranking-page.png"), full_page=True)
+
+    # Bob: prompt 1 still has a free slot (2 annotators per prompt).
+    bob = sign_in(browser, url, watch, "bob", PASSWORDS["bob"])
+    expect(bob.locator("#prompt")).to_contain_text("Name a primary colour.", timeout=TIMEOUT)
+    first = rank_by_text(bob, {"Green.": 1, "Red.": 2, "Blue.": 3, "Purple.": 4})
+    bob.locator("#submit").click()
+    expect(bob.locator("#message")).to_contain_text("Saved ranking #3.")
+    # Undo brings his ranking back, filled in; he changes it and submits again.
+    bob.locator("#undo").click()
+    expect(bob.locator("#message")).to_contain_text("Undid your ranking #3.")
+    expect_ranks(bob, first)
+    rank_by_text(bob, {"Red.": 1, "Green.": 2, "Blue.": 3, "Purple.": 4})
+    bob.locator("#submit").click()
+    expect(bob.locator("#message")).to_contain_text("Saved ranking #4.")
+
+    # Carol, an admin, sees progress and agreement and exports.
+    carol = sign_in(browser, url, watch, "carol", PASSWORDS["carol"])
+    expect(carol.locator("#whoami")).to_contain_text("carol (admin)", timeout=TIMEOUT)
+    carol.get_by_role("tab", name="Admin").click()
+    expect(carol.locator("#admin-summary")).to_contain_text("Prompts with 2+ rankings: 1")
+    expect(carol.locator("#admin-progress")).to_contain_text("alice")
+    expect(carol.locator("#admin-agreement")).to_contain_text("alice, bob")
+    carol.locator("#export").click()
+    expect(carol.locator("#admin-summary")).to_contain_text("Exported 14 pairs rows.")
+    download = carol.locator("#export-file a[href$='pairs.jsonl']")
+    expect(download).to_have_count(1)
+    downloaded = carol.request.get(download.get_attribute("href")).text()
+
+    # The database, row by row.
+    store = Store(db)
+    conn = store._conn()
+    rankings = conn.execute(
+        "SELECT r.id, r.prompt_id, a.name, r.supersedes, r.tie FROM rankings r "
+        "JOIN annotators a ON a.id = r.annotator_id ORDER BY r.id"
+    ).fetchall()
+    assert [tuple(r) for r in rankings] == [
+        (1, 1, "alice", None, 1),
+        (2, 2, "alice", None, 0),
+        (3, 1, "bob", None, 0),
+        (4, 1, "bob", 3, 0),
+    ]
+    items = conn.execute(
+        "SELECT i.ranking_id, c.text, i.rank FROM ranking_items i "
+        "JOIN candidates c ON c.id = i.candidate_id ORDER BY i.ranking_id, c.position"
+    ).fetchall()
+    assert [tuple(r) for r in items] == [
+        (1, "Red.", 1), (1, "Blue.", 2), (1, "Green.", 2), (1, "Purple.", 3),
+        (2, XSS, 2), (2, HTML_ANSWERS[1], 1), (2, HTML_ANSWERS[2], 3),
+        (3, "Red.", 2), (3, "Blue.", 3), (3, "Green.", 1), (3, "Purple.", 4),
+        (4, "Red.", 1), (4, "Blue.", 3), (4, "Green.", 2), (4, "Purple.", 4),
+    ]  # fmt: skip
+    skips = conn.execute(
+        "SELECT s.id, s.prompt_id, a.name, s.reason FROM skips s "
+        "JOIN annotators a ON a.id = s.annotator_id"
+    ).fetchall()
+    assert [tuple(r) for r in skips] == [(1, 2, "alice", "The prompt is unclear or broken")]
+    retractions = conn.execute(
+        "SELECT x.ranking_id, x.skip_id, a.name FROM retractions x "
+        "JOIN annotators a ON a.id = x.annotator_id ORDER BY x.id"
+    ).fetchall()
+    assert [tuple(r) for r in retractions] == [(None, 1, "alice"), (3, None, "bob")]
+    assert store.integrity_check() == "ok"
+
+    # The exported pairs, exactly.
+    out = db.parent / "pairs.jsonl"
+    main(["export", "--db", str(db), "--format", "pairs", "--out", str(out)])
+
+    def pair(prompt: str, chosen: str, rejected: str, ranking: int, who: str) -> dict:
+        return {
+            "prompt": [{"role": "user", "content": prompt}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "ranking_id": ranking,
+            "annotator": who,
+        }
+
+    colours, html = "Name a primary colour.", "Show me some HTML."
+    assert downloaded == out.read_text(encoding="utf-8")  # the admin's button, the same file
+    assert [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()] == [
+        pair(colours, "Red.", "Blue.", 1, "alice"),
+        pair(colours, "Red.", "Green.", 1, "alice"),
+        pair(colours, "Red.", "Purple.", 1, "alice"),
+        pair(colours, "Blue.", "Purple.", 1, "alice"),
+        pair(colours, "Green.", "Purple.", 1, "alice"),
+        pair(html, HTML_ANSWERS[1], XSS, 2, "alice"),
+        pair(html, HTML_ANSWERS[1], HTML_ANSWERS[2], 2, "alice"),
+        pair(html, XSS, HTML_ANSWERS[2], 2, "alice"),
+        pair(colours, "Red.", "Green.", 4, "bob"),
+        pair(colours, "Red.", "Blue.", 4, "bob"),
+        pair(colours, "Red.", "Purple.", 4, "bob"),
+        pair(colours, "Green.", "Blue.", 4, "bob"),
+        pair(colours, "Green.", "Purple.", 4, "bob"),
+        pair(colours, "Blue.", "Purple.", 4, "bob"),
+    ]
+
+    # Nothing ran, and the pages asked nothing of any host but the app's own.
+    assert watch.dialogs == []
+    assert not [u for u in watch.requests if not u.startswith(url)], "request left 127.0.0.1"
+    assert f"{url}x" not in watch.requests and not [u for u in watch.requests if "pixel" in u]
