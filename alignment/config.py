@@ -228,6 +228,9 @@ class PPOConfig(Section):
     grad_accum: int = Field(1, gt=0, description="Forward passes each minibatch is split into.")
     ppo_epochs: int = Field(2, gt=0, description="Passes over each update's rollouts.")
     learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate of policy and value.")
+    lr_scheduler: Literal["constant", "linear"] = Field(
+        "constant", description="constant, or linear decay to 0 over `updates`."
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     max_prompt_length: int = Field(
         256,

@@ -154,6 +154,14 @@ class PPORun:
         self.optimizer = torch.optim.AdamW(
             list(self.model.named_trainable().values()), lr=cfg.learning_rate
         )
+        steps_per_update = cfg.ppo_epochs * math.ceil(cfg.rollout_batch_size / cfg.minibatch_size)
+        total_steps = cfg.updates * steps_per_update
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            (lambda step: max(0.0, 1 - step / total_steps))
+            if cfg.lr_scheduler == "linear"
+            else (lambda step: 1.0),
+        )
         self.kl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.update = 0
         self.settings = GenerationSettings(
@@ -370,6 +378,7 @@ class PPORun:
                     param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
         self.optimizer.step()
+        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
@@ -379,6 +388,7 @@ class PPORun:
         started = time.perf_counter()
         metrics |= self.train(rollouts)
         metrics["seconds_train"] = time.perf_counter() - started
+        metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         lengths = rollouts.mask.sum(1)
         metrics |= {
             "reward_raw": rollouts.raw_scores.mean().item(),
@@ -413,6 +423,7 @@ class PPORun:
                 staging / "trainable.safetensors",
             )
             torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
             (staging / "state.json").write_text(
                 json.dumps({"update": self.update, "kl_coef": self.kl.coef})
             )
@@ -436,6 +447,7 @@ class PPORun:
             with torch.no_grad():
                 trainable[name].copy_(tensor)
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
+        self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
         state = json.loads((checkpoint / "state.json").read_text())
         self.update, self.kl.coef = state["update"], state["kl_coef"]
         rng = torch.load(
@@ -470,13 +482,26 @@ def last_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _sample_table(update: int, r: Rollouts, count: int = 3) -> list[dict[str, Any]]:
-    return [
-        {"update": update, "prompt": p, "answer": a, "score": s}
-        for p, a, s in zip(
-            r.prompts[:count], r.answers[:count], r.raw_scores[:count].tolist(), strict=False
-        )
-    ]
+def _log_samples(path: Path, update: int, r: Rollouts, count: int = 3) -> None:
+    """Append a few of this update's answers to samples.jsonl and show them as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"PPO update {update}: sample answers", show_lines=True)
+    for column in ("prompt", "answer", "reward"):
+        table.add_column(column)
+    for prompt, answer, score in zip(r.prompts, r.answers, r.raw_scores.tolist(), strict=True):
+        if table.row_count == count:
+            break
+        append_jsonl(path, {"update": update, "prompt": prompt, "answer": answer, "score": score})
+        table.add_row(prompt[-200:], answer[:300], f"{score:.3f}")
+    Console(stderr=True).print(table)
+
+
+def _truncate_log(path: Path, last_update: int) -> None:
+    """Drop records logged after the checkpoint being resumed: those updates are redone."""
+    kept = [r for r in read_jsonl(path) if r["update"] <= last_update] if path.exists() else []
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 @dataclass
@@ -499,20 +524,13 @@ def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
     if accelerator.is_main_process:
         start_stage(recipe, "ppo")
     run = PPORun(recipe, accelerator)
-    metrics_path = out / "metrics.jsonl"
+    metrics_path, samples_path = out / "metrics.jsonl", out / "samples.jsonl"
     if checkpoint is not None:
         run.load_checkpoint(checkpoint)
         log.info("resuming PPO from %s", checkpoint)
-        if accelerator.is_main_process:  # drop what was logged after the checkpoint: it is redone
-            kept = (
-                [r for r in read_jsonl(metrics_path) if r["update"] <= run.update]
-                if metrics_path.exists()
-                else []
-            )
-            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    elif accelerator.is_main_process:
-        metrics_path.unlink(missing_ok=True)
-        (out / "samples.jsonl").unlink(missing_ok=True)
+    if accelerator.is_main_process:
+        for path in (metrics_path, samples_path):
+            _truncate_log(path, run.update)
 
     cfg = recipe.ppo
     bar = tqdm(
@@ -524,15 +542,7 @@ def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
         if accelerator.is_main_process:
             append_jsonl(metrics_path, record)
             if run.update % cfg.sample_every == 0 or run.update == 1:
-                for row in _sample_table(run.update, rollouts):
-                    append_jsonl(out / "samples.jsonl", row)
-                    log.info(
-                        "update %d sample (score %.3f): %r -> %r",
-                        row["update"],
-                        row["score"],
-                        row["prompt"][-80:],
-                        row["answer"][:160],
-                    )
+                _log_samples(samples_path, run.update, rollouts)
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics['kl']:.3f}")
         if run.update % cfg.save_every == 0 or run.update == cfg.updates:
