@@ -503,28 +503,33 @@ class Store:
     def lease(self, name: str, per_prompt: int = 1, lease_seconds: float = 600.0) -> Lease | None:
         """The annotator's open lease (renewed), else a new lease on the next prompt they may
         rank; None when their queue is empty."""
-        now = self.clock()
         with self._write() as conn:
-            annotator = self._annotator_id(conn, name)
-            row = conn.execute(
-                "SELECT id, token, prompt_id FROM assignments WHERE annotator_id = ? "
-                "AND closed_at IS NULL AND expires_at > ? ORDER BY id DESC LIMIT 1",
-                (annotator, now),
-            ).fetchone()
-            if row is not None:
-                conn.execute(
-                    "UPDATE assignments SET expires_at = ? WHERE id = ?",
-                    (now + lease_seconds, row["id"]),
-                )
-                return self._lease_view(conn, name, row["token"], row["prompt_id"], now)
-            row = conn.execute(
-                f"SELECT p.id FROM prompts p WHERE {self._AVAILABLE} ORDER BY p.id LIMIT 1",
-                {"annotator": annotator, "now": now, "per_prompt": per_prompt},
-            ).fetchone()
-            if row is None:
-                return None
-            token = self._open_lease(conn, annotator, row[0], now, lease_seconds)
-            return self._lease_view(conn, name, token, row[0], now)
+            return self._next_lease(conn, name, per_prompt, lease_seconds)
+
+    def _next_lease(
+        self, conn: sqlite3.Connection, name: str, per_prompt: int, lease_seconds: float
+    ) -> Lease | None:
+        now = self.clock()
+        annotator = self._annotator_id(conn, name)
+        row = conn.execute(
+            "SELECT id, token, prompt_id FROM assignments WHERE annotator_id = ? "
+            "AND closed_at IS NULL AND expires_at > ? ORDER BY id DESC LIMIT 1",
+            (annotator, now),
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "UPDATE assignments SET expires_at = ? WHERE id = ?",
+                (now + lease_seconds, row["id"]),
+            )
+            return self._lease_view(conn, name, row["token"], row["prompt_id"], now)
+        row = conn.execute(
+            f"SELECT p.id FROM prompts p WHERE {self._AVAILABLE} ORDER BY p.id LIMIT 1",
+            {"annotator": annotator, "now": now, "per_prompt": per_prompt},
+        ).fetchone()
+        if row is None:
+            return None
+        token = self._open_lease(conn, annotator, row[0], now, lease_seconds)
+        return self._lease_view(conn, name, token, row[0], now)
 
     @staticmethod
     def _open_lease(
@@ -627,78 +632,114 @@ class Store:
         per_prompt: int = 1,
     ) -> int:
         """Store a full ranking given in the annotator's display order; returns its id."""
+        with self._write() as conn:
+            return self._submit(conn, name, token, ranks, tie, per_prompt)
+
+    def submit_and_next(
+        self,
+        name: str,
+        token: str,
+        ranks: Sequence[int | None],
+        tie: bool = False,
+        per_prompt: int = 1,
+        lease_seconds: float = 600.0,
+    ) -> tuple[int, Lease | None]:
+        """submit_ranking, then the next lease, in one transaction (one disk sync, not two)."""
+        with self._write() as conn:
+            ranking_id = self._submit(conn, name, token, ranks, tie, per_prompt)
+            return ranking_id, self._next_lease(conn, name, per_prompt, lease_seconds)
+
+    def _submit(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        token: str,
+        ranks: Sequence[int | None],
+        tie: bool,
+        per_prompt: int,
+    ) -> int:
         dense = check_ranks(ranks, tie)
         now = self.clock()
-        with self._write() as conn:
-            lease = self._claim(conn, name, token, per_prompt)
-            prompt_id, annotator = lease["prompt_id"], lease["annotator_id"]
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT id FROM candidates WHERE prompt_id = ? ORDER BY position", (prompt_id,)
-                )
-            ]
-            if len(ids) != len(dense):
-                raise SubmissionError(
-                    f"Incomplete: this prompt has {len(ids)} answers and {len(dense)} ranks were "
-                    "given."
-                )
-            order = display_order(name, prompt_id, len(ids))
-            previous = conn.execute(
-                "SELECT id FROM rankings WHERE prompt_id = ? AND annotator_id = ? "
-                "ORDER BY id DESC LIMIT 1",
-                (prompt_id, annotator),
+        lease = self._claim(conn, name, token, per_prompt)
+        prompt_id, annotator = lease["prompt_id"], lease["annotator_id"]
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM candidates WHERE prompt_id = ? ORDER BY position", (prompt_id,)
+            )
+        ]
+        if len(ids) != len(dense):
+            raise SubmissionError(
+                f"Incomplete: this prompt has {len(ids)} answers and {len(dense)} ranks were given."
+            )
+        order = display_order(name, prompt_id, len(ids))
+        previous = conn.execute(
+            "SELECT id FROM rankings WHERE prompt_id = ? AND annotator_id = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (prompt_id, annotator),
+        ).fetchone()
+        if (
+            previous is not None
+            and conn.execute(
+                "SELECT 1 FROM current_rankings WHERE id = ?", (previous[0],)
             ).fetchone()
-            if (
-                previous is not None
-                and conn.execute(
-                    "SELECT 1 FROM current_rankings WHERE id = ?", (previous[0],)
-                ).fetchone()
-            ):
-                raise LeaseError("Stale lease: you already have a ranking for this prompt.")
-            ranking_id = conn.execute(
-                "INSERT INTO rankings (prompt_id, annotator_id, assignment_id, supersedes, tie, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    prompt_id,
-                    annotator,
-                    lease["id"],
-                    previous[0] if previous else None,
-                    int(len(set(dense)) < len(dense)),
-                    now,
-                ),
-            ).lastrowid
-            conn.executemany(
-                "INSERT INTO ranking_items (ranking_id, candidate_id, rank) VALUES (?, ?, ?)",
-                [
-                    (ranking_id, ids[position], rank)
-                    for position, rank in zip(order, dense, strict=True)
-                ],
-            )
-            conn.execute(
-                "UPDATE assignments SET closed_at = ?, outcome = 'ranked' WHERE id = ?",
-                (now, lease["id"]),
-            )
-            return ranking_id
+        ):
+            raise LeaseError("Stale lease: you already have a ranking for this prompt.")
+        ranking_id = conn.execute(
+            "INSERT INTO rankings (prompt_id, annotator_id, assignment_id, supersedes, tie, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                prompt_id,
+                annotator,
+                lease["id"],
+                previous[0] if previous else None,
+                int(len(set(dense)) < len(dense)),
+                now,
+            ),
+        ).lastrowid
+        conn.executemany(
+            "INSERT INTO ranking_items (ranking_id, candidate_id, rank) VALUES (?, ?, ?)",
+            [
+                (ranking_id, ids[position], rank)
+                for position, rank in zip(order, dense, strict=True)
+            ],
+        )
+        conn.execute(
+            "UPDATE assignments SET closed_at = ?, outcome = 'ranked' WHERE id = ?",
+            (now, lease["id"]),
+        )
+        return ranking_id
 
     def skip(self, name: str, token: str, reason: str, per_prompt: int = 1) -> int:
         """Record "can't rank this" with a reason; the prompt leaves this annotator's queue."""
+        with self._write() as conn:
+            return self._skip(conn, name, token, reason, per_prompt)
+
+    def skip_and_next(
+        self, name: str, token: str, reason: str, per_prompt: int = 1, lease_seconds: float = 600.0
+    ) -> tuple[int, Lease | None]:
+        with self._write() as conn:
+            skip_id = self._skip(conn, name, token, reason, per_prompt)
+            return skip_id, self._next_lease(conn, name, per_prompt, lease_seconds)
+
+    def _skip(
+        self, conn: sqlite3.Connection, name: str, token: str, reason: str, per_prompt: int
+    ) -> int:
         reason = (reason or "").strip()
         if not reason:
             raise SubmissionError("Skip needs a reason: pick one or write one.")
         now = self.clock()
-        with self._write() as conn:
-            lease = self._claim(conn, name, token, per_prompt)
-            skip_id = conn.execute(
-                "INSERT INTO skips (prompt_id, annotator_id, assignment_id, reason, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (lease["prompt_id"], lease["annotator_id"], lease["id"], reason, now),
-            ).lastrowid
-            conn.execute(
-                "UPDATE assignments SET closed_at = ?, outcome = 'skipped' WHERE id = ?",
-                (now, lease["id"]),
-            )
-            return skip_id
+        lease = self._claim(conn, name, token, per_prompt)
+        skip_id = conn.execute(
+            "INSERT INTO skips (prompt_id, annotator_id, assignment_id, reason, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (lease["prompt_id"], lease["annotator_id"], lease["id"], reason, now),
+        ).lastrowid
+        conn.execute(
+            "UPDATE assignments SET closed_at = ?, outcome = 'skipped' WHERE id = ?",
+            (now, lease["id"]),
+        )
+        return skip_id
 
     def release(self, name: str, token: str) -> None:
         """Give a leased prompt back to the queue (nothing was submitted)."""

@@ -77,10 +77,10 @@ def wait_until_serving(
     raise TimeoutError(f"{url} did not answer within {limit}s")
 
 
-def start_server(
+def spawn_server(
     db: Path, annotators: Path, port: int, log: Path, per_prompt: int = 2
 ) -> subprocess.Popen:
-    """`align ui` as a real separate process (so it can be SIGKILLed)."""
+    """`align ui` as a real separate process (so it can be SIGKILLed); not yet serving."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     command = [
         sys.executable,
@@ -97,7 +97,13 @@ def start_server(
         str(per_prompt),
     ]
     with log.open("ab") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def start_server(
+    db: Path, annotators: Path, port: int, log: Path, per_prompt: int = 2
+) -> subprocess.Popen:
+    process = spawn_server(db, annotators, port, log, per_prompt)
     wait_until_serving(f"http://127.0.0.1:{port}/", process)
     return process
 

@@ -195,10 +195,15 @@ class RankingService:
     def next(self, name: str) -> Lease | None:
         return self.store.lease(name, self.per_prompt, self.lease_seconds)
 
-    def submit(self, name: str, token: str, ranks: list[int | None], tie: bool) -> int:
-        return self.store.submit_ranking(name, token, ranks, tie, self.per_prompt)
+    def submit(
+        self, name: str, token: str, ranks: list[int | None], tie: bool
+    ) -> tuple[int, Lease | None]:
+        """Store the ranking and lease the next prompt, in one transaction."""
+        return self.store.submit_and_next(
+            name, token, ranks, tie, self.per_prompt, self.lease_seconds
+        )
 
-    def skip(self, name: str, token: str, reason: str, note: str = "") -> int:
+    def skip(self, name: str, token: str, reason: str, note: str = "") -> tuple[int, Lease | None]:
         reason, note = (reason or "").strip(), (note or "").strip()
         if reason == OTHER_REASON:
             if not note:
@@ -206,7 +211,7 @@ class RankingService:
             reason = f"Other: {note}"
         elif note:
             reason = f"{reason}: {note}" if reason else note
-        return self.store.skip(name, token, reason, self.per_prompt)
+        return self.store.skip_and_next(name, token, reason, self.per_prompt, self.lease_seconds)
 
     def progress(self, name: str) -> tuple[int, int]:
         return self.store.progress(name, self.per_prompt, start_of_today())
@@ -253,14 +258,14 @@ def _api(service: RankingService) -> dict[str, Callable[..., Any]]:
         """Rank the leased prompt's answers (ranks in the order given by /next); returns the
         ranking id and your next prompt."""
         name, _ = service.user(request)
-        ranking_id = service.submit(name, token, list(ranks), bool(tie))
-        return {"ranking_id": ranking_id, "next": lease_dict(service.next(name))}
+        ranking_id, lease = service.submit(name, token, list(ranks), bool(tie))
+        return {"ranking_id": ranking_id, "next": lease_dict(lease)}
 
     def skip(token: str, reason: str, request: gr.Request) -> dict:
         """Skip the leased prompt with a reason; returns the skip id and your next prompt."""
         name, _ = service.user(request)
-        skip_id = service.skip(name, token, reason)
-        return {"skip_id": skip_id, "next": lease_dict(service.next(name))}
+        skip_id, lease = service.skip(name, token, reason)
+        return {"skip_id": skip_id, "next": lease_dict(lease)}
 
     def undo(request: gr.Request) -> dict | None:
         """Retract your last submission; its prompt is leased back to you."""
@@ -451,11 +456,13 @@ def build_app(
                 if not current:
                     raise SubmissionError("Nothing to submit: your queue is empty.")
                 k = len(current["answers"])
-                ranking_id = service.submit(name, current["token"], list(ranks[:k]), allow_tie)
+                ranking_id, lease = service.submit(
+                    name, current["token"], list(ranks[:k]), allow_tie
+                )
             except SubmissionError as err:
                 return refused(err)
             note = f"✅ Saved ranking #{ranking_id}. Here is the next prompt."
-            return form_values(name, service.next(name), raw_text, note)
+            return form_values(name, lease, raw_text, note)
 
         def on_skip(
             current: dict | None, reason: str, note: str, raw_text: bool, request: gr.Request
@@ -464,11 +471,11 @@ def build_app(
                 name, _ = service.user(request)
                 if not current:
                     raise SubmissionError("Nothing to skip: your queue is empty.")
-                skip_id = service.skip(name, current["token"], reason, note)
+                skip_id, lease = service.skip(name, current["token"], reason, note)
             except SubmissionError as err:
                 return [*refused(err), gr.skip(), gr.skip()]
             text = f"⏭️ Skipped (#{skip_id}). Here is the next prompt."
-            return [*form_values(name, service.next(name), raw_text, text), None, ""]
+            return [*form_values(name, lease, raw_text, text), None, ""]
 
         def on_undo(raw_text: bool, request: gr.Request) -> list[Any]:
             try:
