@@ -39,6 +39,20 @@ def cmd_ppo(args: argparse.Namespace) -> None:
     print(f"PPO policy adapter: {outcome.out_dir}  {outcome.summary}")
 
 
+def cmd_dpo(args: argparse.Namespace) -> None:
+    from alignment.dpo import run_dpo
+
+    outcome = run_dpo(load_recipe(args.recipe, args.overrides), resume=args.resume)
+    print(f"DPO policy adapter: {outcome.out_dir}  {outcome.summary}")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from alignment.hub import push_adapter
+
+    outcome = push_adapter(args.adapter_dir, args.repo_id, private=args.private, token=args.token)
+    print(f"pushed {len(outcome.files)} files to {outcome.repo_url}: {outcome.commit_url}")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from alignment.chain import run_chain
 
@@ -198,7 +212,7 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
     sample.add_argument("--prompts", required=True, help="prompts file (.jsonl/.json)")
     sample.add_argument("--k", type=int, help="candidates per prompt (default: sample.k)")
     sample.add_argument("--db", default="rankings.db", help="SQLite ranking database")
-    sample.add_argument("--adapter", help="PEFT adapter directory to sample with")
+    sample.add_argument("--adapter", help="PEFT adapter directory or Hub id to sample with")
 
     ui = sub.add_parser("ui", help="serve the ranking app to annotators")
     ui.add_argument("--db", default="rankings.db", help="SQLite ranking database")
@@ -240,6 +254,8 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sft": cmd_sft,
     "ppo": cmd_ppo,
+    "dpo": cmd_dpo,
+    "push": cmd_push,
     "run": cmd_run,
     "report": cmd_report,
     "models": cmd_models,
@@ -261,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     ppo = _recipe_command(sub, "ppo", "PPO of the SFT policy against the reward model, KL to SFT")
     ppo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    dpo = _recipe_command(
+        sub, "dpo", "DPO of the SFT adapter on preference pairs, instead of rm+ppo"
+    )
+    dpo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    push = sub.add_parser("push", help="upload an adapter directory and its model card to the Hub")
+    push.add_argument("adapter_dir", help="a stage directory, e.g. runs/quickstart/ppo")
+    push.add_argument("--repo-id", required=True, help="Hub model repo, e.g. me/smollm2-ppo")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or login)")
     chain = _recipe_command(sub, "run", "the whole chain: sft, sample, rank, rm, ppo, eval, report")
     chain.add_argument(
         "--from", dest="start", metavar="STAGE", help="redo this stage and the ones after"

@@ -214,11 +214,13 @@ class PPOConfig(Section):
         description="Prompts to roll out: `prompt` text or chat `messages` rows.",
     )
     sft_adapter: Path | None = Field(
-        None, description="Policy and reference start here. Default: <run_dir>/sft."
+        None,
+        description="Policy and reference start here: a directory or Hub id. Default: <run_dir>/sft.",
     )
     reward_adapter: Path | None = Field(
         None,
-        description="Reward adapter and head; the value role starts here too. Default: <run_dir>/rm.",
+        description="Reward adapter and head (a directory or Hub id); the value role starts here "
+        "too. Default: <run_dir>/rm.",
     )
     updates: int = Field(20, gt=0, description="PPO updates (rollout, score, train) to run.")
     rollout_batch_size: int = Field(
@@ -272,6 +274,91 @@ class PPOConfig(Section):
     whiten_advantages: bool = Field(True, description="Whiten advantages per update.")
     sample_every: int = Field(5, gt=0, description="Log a table of sample answers every N updates.")
     save_every: int = Field(5, gt=0, description="Write a resumable checkpoint every N updates.")
+
+
+DPOLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+]  # TRL 1.16's DPOConfig.loss_type values
+
+
+class DPOConfig(Section):
+    """DPO stage (`align dpo`): the SFT adapter trained on preference pairs, against itself frozen."""
+
+    data: str = Field(
+        "data/pairs.jsonl",
+        description="Preferences: the ranking UI's pairs (or rankings) export, TRL chosen/rejected "
+        "or HH-RLHF rows; a local .jsonl/.json file or a `datasets` name. A K-way ranking trains "
+        "its K-choose-2 pairs.",
+    )
+    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
+    eval_data: str | None = Field(
+        None, description="Held-out preferences; if unset, `eval_fraction` of `data` is held out."
+    )
+    eval_split: str = Field(
+        "test", description="Split to read when `eval_data` is a `datasets` name."
+    )
+    eval_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of `data`'s rankings (all pairs of one ranking together) held out.",
+    )
+    format: Literal["auto", "rankings", "pairs", "trl", "hh"] = Field(
+        "auto", description="Row format; auto detects it per row from the row's keys."
+    )
+    sft_adapter: str | None = Field(
+        None,
+        description="Policy and frozen reference both start from this SFT adapter: a directory or "
+        "Hub id. Default: <run_dir>/sft.",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="Strength of the pull back to the reference (higher: stay closer)."
+    )
+    loss_type: DPOLoss = Field(
+        "sigmoid", description="TRL's DPO loss: sigmoid is the DPO paper's; ipo, hinge, robust..."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust, exo_pair losses)."
+    )
+    max_length: int = Field(
+        512,
+        gt=1,
+        description="Longest prompt plus answer in tokens; answers are cut at the end, and pairs "
+        "whose prompt alone is this long are dropped (counted in summary.json).",
+    )
+    precompute_ref_log_probs: bool = Field(
+        False, description="Score the reference once before training instead of every step."
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
+    )
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
+    batch_size: int = Field(4, gt=0, description="Preference pairs per device per forward pass.")
+    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the adapter.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
+    eval_steps: int = Field(50, gt=0, description="Compute eval loss and margins every N steps.")
+    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
 
 
 RUBRIC_CRITERIA = ("length", "complete", "relevance", "no_repetition", "no_banned_phrases")
@@ -366,6 +453,9 @@ class Recipe(Section):
     )
     rm: RMConfig = Field(default_factory=RMConfig, description="Reward-model stage (`align rm`).")
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO stage (`align ppo`).")
+    dpo: DPOConfig = Field(
+        default_factory=DPOConfig, description="DPO stage (`align dpo`), instead of rm and ppo."
+    )
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="Unattended ranking.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     chain: ChainConfig = Field(default_factory=ChainConfig, description="`align run` stages.")

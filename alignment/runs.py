@@ -12,6 +12,7 @@ runs/<name>/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -86,20 +87,60 @@ def write_summary(out: Path, summary: dict[str, Any]) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+# The recipe keys that name each stage's training data, for the model card's Data section.
+STAGE_DATA = {
+    "sft": ("data", "eval_data"),
+    "rm": ("data", "eval_data"),
+    "ppo": ("prompts",),
+    "dpo": ("data", "eval_data"),
+}
+
+
+def _is_hub_id(name: str) -> bool:
+    # The Hub rejects a card whose metadata names a local path as base_model or dataset.
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not Path(name).exists()
+
+
+def _describe_source(source: str) -> str:
+    path = Path(source)
+    if path.is_file():
+        content = path.read_bytes()
+        lines = sum(1 for line in content.splitlines() if line.strip())
+        rows = f"{lines} rows, " if path.suffix == ".jsonl" else ""
+        return f"`{source}` (local file, {rows}sha256 {hashlib.sha256(content).hexdigest()[:16]})"
+    if _is_hub_id(source):
+        return f"[`{source}`](https://huggingface.co/datasets/{source}) (Hub dataset)"
+    return f"`{source}` (not found when the card was written)"
+
+
 def write_model_card(
     out: Path, recipe: Recipe, stage: str, base_model: str, metrics: dict[str, Any]
 ) -> None:
-    """A Hub-style README with metadata, so the adapter is self-describing wherever it goes."""
+    """A Hub-style README with metadata (base model, data, metrics, the resolved recipe), so the
+    adapter is self-describing wherever it goes, `align push` included."""
     rows = "\n".join(
         f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
         for k, v in metrics.items()
     )
+    section = getattr(recipe, stage, None)
+    sources = {
+        f"{stage}.{key}": value
+        for key in STAGE_DATA.get(stage, ())
+        if (value := getattr(section, key, None))
+    }
+    data = "\n".join(f"- {key}: {_describe_source(str(v))}" for key, v in sources.items())
+    hub_datasets = [str(v) for v in sources.values() if _is_hub_id(str(v))]
+    metadata = [f"base_model: {base_model}"] if _is_hub_id(base_model) else []
+    metadata.append("library_name: peft")
+    if hub_datasets:
+        metadata.append(f"datasets: [{', '.join(hub_datasets)}]")
+    quantized = ", qlora" if recipe.model.quantization == "4bit" else ""
+    metadata.append(f"tags: [alignment, {stage}, lora{quantized}]")
+    header = "\n".join(metadata)
     recipe_yaml = (recipe.output_dir / "recipe.yaml").read_text()
     (out / "README.md").write_text(
         f"""---
-base_model: {base_model}
-library_name: peft
-tags: [alignment, {stage}, lora{", qlora" if recipe.model.quantization == "4bit" else ""}]
+{header}
 ---
 
 # {recipe.name}: {stage} adapter
@@ -114,6 +155,10 @@ from transformers import AutoModelForCausalLM
 base = AutoModelForCausalLM.from_pretrained("{base_model}")
 model = PeftModel.from_pretrained(base, "<this directory or Hub id>")
 ```
+
+## Data
+
+{data or "- (none recorded)"}
 
 ## Metrics
 

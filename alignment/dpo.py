@@ -1,0 +1,223 @@
+"""DPO, the alternative final stage: the SFT adapter trained directly on the rankings' preference
+pairs with TRL's DPOTrainer; no reward model, no rollouts.
+
+Data: the same rows the reward model reads (alignment.preferences): the ranking UI's pairs or
+rankings export, TRL chosen/rejected, HH-RLHF. A K-way ranking trains its K-choose-2 pairs; ties
+train nothing. Held-out rows are whole prompts, split as the reward model splits them, so RM and
+DPO are evaluated on the same prompts.
+
+Reference. The policy is the SFT adapter, loaded trainable as PEFT's "default" adapter. TRL 1.16
+has no `ref_adapter_name`/`model_adapter_name` options any more: given a PeftModel with a
+pretrained adapter, DPOTrainer copies it into a second, frozen adapter named "ref" and runs the
+reference pass with that one active. So the reference is the SFT adapter exactly, both sit on one
+base model in memory, and at step 0 policy and reference log-probs are equal (rewards and
+margins start at 0). Only the policy adapter is saved.
+
+Output, <run_dir>/dpo: a PEFT adapter directory like sft's (adapter, tokenizer, model card,
+summary.json, metrics.jsonl, tensorboard/, checkpoints/).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import set_seed
+from trl import DPOConfig, DPOTrainer
+
+from alignment.config import Recipe
+from alignment.errors import DataError, RunStateError
+from alignment.hub import resolve_adapter
+from alignment.models import (
+    base_model_id,
+    compute_dtype,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+)
+from alignment.preferences import Comparison, PreferenceData, read_preferences
+from alignment.rm import _hold_out
+from alignment.roles import _check_same_base
+from alignment.runs import metric_callbacks, start_stage, write_model_card, write_summary
+from alignment.sft import checkpoint_to_resume, keep_trainable_params_in
+
+log = logging.getLogger(__name__)
+POLICY = "default"  # the adapter name DPOTrainer trains; it adds the frozen "ref" copy itself
+
+
+def check_one_kind(comparisons: list[Comparison]) -> None:
+    """One dataset holds one kind of row: chat rows go through the chat template, text rows not."""
+    chat = next((c for c in comparisons if not isinstance(c.prompt, str)), None)
+    text = next((c for c in comparisons if isinstance(c.prompt, str)), None)
+    if chat and text:
+        raise DataError(
+            f"{text.origin} is plain text but {chat.origin} is chat messages; DPO data (train and "
+            "held-out) must be all one or the other"
+        )
+
+
+def preference_rows(comparisons: list[Comparison]) -> list[dict[str, Any]]:
+    """TRL preference rows (prompt, chosen, rejected), one per (better, worse) pair."""
+    rows = []
+    for comparison in comparisons:
+        if not comparison.prompt:
+            raise DataError(
+                f"{comparison.origin}: no prompt (chosen and rejected share no start); DPO scores "
+                "answers to a prompt, so give `prompt`"
+            )
+        for better, worse in comparison.pairs:
+            rows.append(
+                {
+                    "prompt": comparison.prompt,
+                    "chosen": comparison.answers[better],
+                    "rejected": comparison.answers[worse],
+                }
+            )
+    return rows
+
+
+def sft_adapter_dir(recipe: Recipe) -> Path:
+    """The SFT adapter that policy and reference start from (a directory or a Hub id)."""
+    if recipe.dpo.sft_adapter:
+        return resolve_adapter(recipe.dpo.sft_adapter, "dpo.sft_adapter")
+    default = recipe.output_dir / "sft"
+    if not (default / "adapter_config.json").is_file():
+        raise RunStateError(
+            f"{default}: no SFT adapter here; run `align sft` with this recipe first, or set "
+            "dpo.sft_adapter to an adapter directory or Hub id"
+        )
+    return default
+
+
+@dataclass
+class DPOOutcome:
+    out_dir: Path  # the saved policy adapter, tokenizer, metrics and card
+    model: PeftModel  # the trained model, still in memory, with the frozen "ref" adapter
+    summary: dict[str, Any]
+
+
+def _read(recipe: Recipe) -> tuple[PreferenceData, list[Comparison], list[Comparison]]:
+    cfg = recipe.dpo
+    data = read_preferences(cfg.data, cfg.data_split, cfg.format)
+    if cfg.eval_data:
+        return (
+            data,
+            data.comparisons,
+            read_preferences(cfg.eval_data, cfg.eval_split, cfg.format).comparisons,
+        )
+    if cfg.eval_fraction > 0 and len(data.comparisons) >= 2:
+        train, held = _hold_out(data.comparisons, cfg.eval_fraction, recipe.seed)
+        if train:
+            return data, train, held
+    return data, data.comparisons, []
+
+
+def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
+    """Train the SFT adapter with DPO on preference pairs and save it to <run_dir>/dpo."""
+    cfg = recipe.dpo
+    set_seed(recipe.seed)
+    # All data is read and checked before the (slow) model load, so bad rows fail fast.
+    data, train_comparisons, eval_comparisons = _read(recipe)
+    check_one_kind([*train_comparisons, *eval_comparisons])
+    train_rows = preference_rows(train_comparisons)
+    eval_rows = preference_rows(eval_comparisons)
+    if any(c.margin for c in train_comparisons):
+        log.warning("%s: DPO has no use for `margin`; it is ignored", cfg.data)
+    sft_dir = sft_adapter_dir(recipe)
+
+    out = start_stage(recipe, "dpo")
+    last_checkpoint = checkpoint_to_resume(out / "checkpoints", resume)
+    source = resolve_model(recipe.model)
+    _check_same_base(sft_dir, source, "SFT")
+    tokenizer = load_tokenizer(recipe.model, source)
+    model = PeftModel.from_pretrained(
+        load_model(recipe.model, source=source), sft_dir, adapter_name=POLICY, is_trainable=True
+    )
+    dtype = compute_dtype(recipe.model)
+    evaluation = Dataset.from_list(eval_rows) if eval_rows else None
+    args = DPOConfig(
+        output_dir=str(out / "checkpoints"),
+        seed=recipe.seed,
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        label_smoothing=cfg.label_smoothing,
+        max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a value below 1 is a share of the steps
+        weight_decay=cfg.weight_decay,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if evaluation is not None else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=[],
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        callbacks=metric_callbacks(out),
+    )
+    if "ref" not in trainer.model.peft_config:
+        raise RunStateError(f"{sft_dir}: DPOTrainer made no frozen reference copy of this adapter")
+    # TRL casts a quantized model's trainable adapter to bf16; the reference copy stays as loaded.
+    # Keeping both in the compute dtype makes policy and reference agree exactly at step 0.
+    keep_trainable_params_in(trainer.model, dtype)
+    dropped = len(train_rows) - len(trainer.train_dataset)
+    if dropped:
+        log.warning(
+            "%s: %d pairs dropped, their prompt alone fills dpo.max_length=%d",
+            cfg.data,
+            dropped,
+            cfg.max_length,
+        )
+    if len(trainer.train_dataset) == 0:
+        raise DataError(f"{cfg.data}: every prompt is longer than dpo.max_length={cfg.max_length}")
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+
+    train_logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    summary: dict[str, Any] = {
+        "train_loss": result.training_loss,
+        "steps": result.global_step,
+        "train_pairs": len(trainer.train_dataset),
+        "train_comparisons": len(train_comparisons),
+        "dropped_too_long": dropped,
+        "train_seconds": result.metrics.get("train_runtime"),
+    }
+    if train_logs:
+        summary["train_margin_last"] = train_logs[-1]["rewards/margins"]
+        summary["train_accuracy_last"] = train_logs[-1]["rewards/accuracies"]
+    if evaluation is not None:
+        metrics = trainer.evaluate()
+        summary["eval_pairs"] = len(trainer.eval_dataset)
+        summary["eval_loss"] = metrics["eval_loss"]
+        summary["eval_accuracy"] = metrics["eval_rewards/accuracies"]
+        summary["eval_margin"] = metrics["eval_rewards/margins"]
+    card_metrics = dict(summary)
+    summary["data"] = data.report()
+
+    trainer.model.save_pretrained(out, selected_adapters=[POLICY])
+    tokenizer.save_pretrained(out)
+    write_summary(out, summary)
+    write_model_card(out, recipe, "dpo", base_model_id(recipe.model), card_metrics)
+    log.info("DPO adapter saved to %s: %s", out, card_metrics)
+    return DPOOutcome(out, trainer.model, summary)
