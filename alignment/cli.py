@@ -304,7 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends the `overrides` positional at the first option, so key=value overrides
+    # written after the options (`align sample R --k 4 sample.top_p=0.9`) arrive here.
+    if extra and hasattr(args, "overrides") and all("=" in e and e[0] != "-" for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=os.environ.get("ALIGN_LOG_LEVEL", "INFO"),
         format="%(levelname)s %(name)s: %(message)s",
