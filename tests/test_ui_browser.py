@@ -164,7 +164,7 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
     page.keyboard.press("t")
     expect(page.locator("#tie input")).to_be_checked()
     page.keyboard.press("Control+Enter")
-    expect(page.locator("#message")).to_contain_text("Saved ranking #1.")
+    expect(page.locator("#message")).to_contain_text("Saved ranking #1. Next prompt below.")
 
     # Prompt 2 carries a script, an img onerror and a remote image: all shown as text.
     expect(page.locator("#prompt")).to_contain_text("Show me some HTML.")
@@ -185,7 +185,7 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
     page.locator("#skip-reason input").click()
     page.get_by_role("option", name="The prompt is unclear or broken").click()
     page.locator("#skip").click()
-    expect(page.locator("#message")).to_contain_text("Skipped (#1).")
+    expect(page.locator("#message")).to_contain_text("Skipped (#1). Next prompt below.")
     expect(page.locator("#prompt")).to_contain_text("Say hello in many scripts.")
 
     # Unicode of any kind, shown intact (raw view: the exact characters).
@@ -212,7 +212,7 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
         alice_html[i] = rank
     expect_ranks(page, alice_html)
     page.locator("#submit").click()
-    expect(page.locator("#message")).to_contain_text("Saved ranking #2.")
+    expect(page.locator("#message")).to_contain_text("Saved ranking #2. Next prompt below.")
     expect(page.locator("#prompt")).to_contain_text("Say hello in many scripts.")
     artifacts = Path(
         os.environ.get("ARTIFACTS_DIR", Path(tempfile.gettempdir()) / "align-artifacts")
@@ -242,7 +242,7 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
     expect(carol.locator("#admin-progress")).to_contain_text("alice")
     expect(carol.locator("#admin-agreement")).to_contain_text("alice, bob")
     carol.locator("#export").click()
-    expect(carol.locator("#admin-summary")).to_contain_text("Exported 14 pairs rows.")
+    expect(carol.locator("#export-message")).to_contain_text("Exported 14 pairs rows.")
     download = carol.locator("#export-file a[href$='pairs.jsonl']")
     expect(download).to_have_count(1)
     downloaded = carol.request.get(download.get_attribute("href")).text()

@@ -389,6 +389,7 @@ def build_app(
                     )
                     export_ties = gr.Checkbox(label="Include ties", elem_id="export-ties")
                 export_button = gr.Button("Export", elem_id="export")
+                export_note = gr.Markdown(elem_id="export-message")
                 export_file = gr.File(label="Export file", elem_id="export-file")
 
         form = [state, prompt_view, *boxes, *views, *radios, tie, message, progress]
@@ -410,7 +411,7 @@ def build_app(
                 ]
             k = len(lease.texts)
             if k > slots:
-                note += f"\n\n⚠️ This prompt has {k} answers but the page shows {slots}: restart `align ui`."
+                note += f"\n\n**Warning:** this prompt has {k} answers but the page shows {slots}: restart `align ui`."
             previous = lease.previous_ranks or [None] * k
             return [
                 {"token": lease.token, "prompt": lease.messages, "answers": lease.texts},
@@ -428,10 +429,10 @@ def build_app(
                 progress_text,
             ]
 
-        def refused(err: Exception) -> list[Any]:
+        def refused(err: Exception, heading: str = "**Not saved.** ") -> list[Any]:
             # The form stays exactly as the annotator left it; only the message changes.
             updates: list[Any] = [gr.skip() for _ in form]
-            updates[form.index(message)] = f"⚠️ **Not saved.** {err}"
+            updates[form.index(message)] = f"{heading}{err}"
             return updates
 
         def on_load(raw_text: bool, request: gr.Request) -> list[Any]:
@@ -461,7 +462,7 @@ def build_app(
                 )
             except SubmissionError as err:
                 return refused(err)
-            note = f"✅ Saved ranking #{ranking_id}. Here is the next prompt."
+            note = f"**Saved** ranking #{ranking_id}." + (" Next prompt below." if lease else "")
             return form_values(name, lease, raw_text, note)
 
         def on_skip(
@@ -474,7 +475,7 @@ def build_app(
                 skip_id, lease = service.skip(name, current["token"], reason, note)
             except SubmissionError as err:
                 return [*refused(err), gr.skip(), gr.skip()]
-            text = f"⏭️ Skipped (#{skip_id}). Here is the next prompt."
+            text = f"**Skipped** (#{skip_id})." + (" Next prompt below." if lease else "")
             return [*form_values(name, lease, raw_text, text), None, ""]
 
         def on_undo(raw_text: bool, request: gr.Request) -> list[Any]:
@@ -484,10 +485,10 @@ def build_app(
             except SubmissionError as err:
                 return refused(err)
             if undone is None:
-                return refused(SubmissionError("Nothing to undo."))
+                return refused(SubmissionError("Nothing to undo."), heading="")
             what = "ranking" if undone.kind == "ranking" else "skip"
             text = (
-                f"↩️ Undid your {what} #{undone.row_id}. It is back below: change it and submit "
+                f"**Undid** your {what} #{undone.row_id}. It is back below: change it and submit "
                 "again (the old one stays in the history)."
             )
             return form_values(name, undone.lease, raw_text, text)
@@ -516,7 +517,7 @@ def build_app(
                 _, role = service.user(request)
                 stats = service.admin_stats(role)
             except SubmissionError as err:
-                return [f"⚠️ {err}", gr.skip(), gr.skip()]
+                return [f"**Not allowed.** {err}", gr.skip(), gr.skip()]
             report = stats["agreement"]
 
             def fmt(value: float | None) -> str:
@@ -561,7 +562,7 @@ def build_app(
                     aggregate,  # type: ignore[arg-type]
                 )
             except AlignmentError as err:
-                return [f"⚠️ {err}", None]
+                return [f"**Export failed.** {err}", None]
             return [f"Exported {result.rows} {fmt} rows.", str(out)]
 
         private = {"api_visibility": "private"}
@@ -583,7 +584,7 @@ def build_app(
         export_button.click(
             on_export,
             [export_format, export_aggregate, export_min, export_ties],
-            [admin_summary, export_file],
+            [export_note, export_file],
             **private,
         )
         for name, fn in _api(service).items():
