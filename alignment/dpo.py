@@ -83,15 +83,16 @@ def preference_rows(comparisons: list[Comparison]) -> list[dict[str, Any]]:
 
 def sft_adapter_dir(recipe: Recipe) -> Path:
     """The SFT adapter that policy and reference start from (a directory or a Hub id)."""
-    if recipe.dpo.sft_adapter:
-        return resolve_adapter(recipe.dpo.sft_adapter, "dpo.sft_adapter")
-    default = recipe.output_dir / "sft"
-    if not (default / "adapter_config.json").is_file():
-        raise RunStateError(
-            f"{default}: no SFT adapter here; run `align sft` with this recipe first, or set "
-            "dpo.sft_adapter to an adapter directory or Hub id"
+    given = recipe.dpo.sft_adapter
+    path = resolve_adapter(given, "dpo.sft_adapter") if given else recipe.output_dir / "sft"
+    if not (path / "adapter_config.json").is_file():
+        hint = (
+            "dpo.sft_adapter must be an adapter directory or Hub id"
+            if given
+            else "run `align sft` with this recipe first, or set dpo.sft_adapter"
         )
-    return default
+        raise RunStateError(f"{path}: no SFT adapter here; {hint}")
+    return path
 
 
 @dataclass

@@ -89,13 +89,13 @@ def looks_like_repo_id(text: str) -> bool:
 
 
 def resolve_adapter(path_or_repo_id: str | Path, what: str = "adapter") -> Path:
-    """A local adapter directory as is, else the Hub repo of that id, downloaded (or from cache)."""
+    """A local adapter directory as is; else, for an owner/name id, the Hub repo downloaded (or
+    from the cache). Any other path comes back unchanged for the caller to check, whose message
+    knows which stage makes that adapter."""
     text = str(path_or_repo_id)
     local = Path(text).expanduser()
-    if local.is_dir():
+    if local.is_dir() or not looks_like_repo_id(text):
         return local
-    if not looks_like_repo_id(text):
-        raise ModelSourceError(f"{what} {text}: no such directory (nor a Hub id owner/name)")
     from huggingface_hub import snapshot_download
 
     fallback = (

@@ -35,6 +35,7 @@ from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import AlignmentError, DataError, RunStateError
 from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.hub import resolve_adapter
 from alignment.models import base_model_id, load_model, load_tokenizer, resolve_model
 from alignment.ppo_math import (
     KLController,
@@ -140,8 +141,17 @@ class PPORun:
         self.recipe, self.cfg, self.accelerator = recipe, recipe.ppo, accelerator
         cfg = self.cfg
         self.out = recipe.output_dir / "ppo"
-        self.sft_dir = cfg.sft_adapter or recipe.output_dir / "sft"
-        self.rm_dir = cfg.reward_adapter or recipe.output_dir / "rm"
+        # Adapters named in the recipe may be Hub ids; the run's own stages are local directories.
+        self.sft_dir = (
+            resolve_adapter(cfg.sft_adapter, "ppo.sft_adapter")
+            if cfg.sft_adapter
+            else recipe.output_dir / "sft"
+        )
+        self.rm_dir = (
+            resolve_adapter(cfg.reward_adapter, "ppo.reward_adapter")
+            if cfg.reward_adapter
+            else recipe.output_dir / "rm"
+        )
         source = resolve_model(recipe.model)
         self.tokenizer = load_tokenizer(recipe.model, source)
         self.prompts = self._encode_prompts(source)

@@ -19,6 +19,7 @@ from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import DataError, ModelSourceError
 from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.hub import resolve_adapter
 from alignment.store import NewCandidate, Store, prompt_key
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def run_sample(
         raise DataError(f"--k {cfg.k}: ranking needs at least 2 candidates per prompt")
     base_seed = recipe.seed if cfg.seed is None else cfg.seed
     settings = GenerationSettings.from_config(cfg)
-    adapter_path = Path(adapter).resolve() if adapter else None
+    adapter_path = resolve_adapter(adapter, "--adapter").resolve() if adapter else None
     if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
         raise ModelSourceError(
             f"--adapter {adapter}: no adapter_config.json there (not a PEFT adapter)"
