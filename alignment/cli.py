@@ -32,6 +32,34 @@ def cmd_sft(args: argparse.Namespace) -> None:
     print(f"SFT adapter: {outcome.out_dir}  {outcome.summary}")
 
 
+def cmd_rm(args: argparse.Namespace) -> None:
+    from alignment.rm import run_rm
+
+    outcome = run_rm(load_recipe(args.recipe, args.overrides), resume=args.resume)
+    shown = {k: v for k, v in outcome.summary.items() if not isinstance(v, dict)}
+    print(f"reward adapter: {outcome.out_dir}  {shown}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from alignment.rm_eval import evaluate_reward_model, print_report, write_report
+
+    report = evaluate_reward_model(
+        args.adapter,
+        args.data,
+        split=args.split,
+        fmt=args.format,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        quantization=args.quantization,
+    )
+    print_report(report)
+    if args.out:
+        write_report(report, Path(args.out))
+        print(f"report: {args.out}")
+
+
 def cmd_ppo(args: argparse.Namespace) -> None:
     from alignment.ppo import run_ppo
 
@@ -253,6 +281,8 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "sft": cmd_sft,
+    "rm": cmd_rm,
+    "eval": cmd_eval,
     "ppo": cmd_ppo,
     "dpo": cmd_dpo,
     "push": cmd_push,
@@ -275,6 +305,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sft = _recipe_command(sub, "sft", "supervised fine-tuning of a LoRA adapter on demonstrations")
     sft.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    rm = _recipe_command(sub, "rm", "reward model: a LoRA adapter and score head on preferences")
+    rm.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    evaluate = sub.add_parser("eval", help="measure a trained stage on held-out data")
+    targets = evaluate.add_subparsers(dest="target", required=True)
+    eval_rm = targets.add_parser(
+        "rm", help="reward model accuracy, margin, Kendall tau, accuracy by length"
+    )
+    eval_rm.add_argument("adapter", help="reward adapter directory, e.g. runs/<name>/rm")
+    eval_rm.add_argument("--data", required=True, help="held-out pairs or rankings (.jsonl/.json)")
+    eval_rm.add_argument("--split", default="test", help="split, when --data is a `datasets` name")
+    eval_rm.add_argument(
+        "--format", choices=["auto", "rankings", "pairs", "trl", "hh"], default="auto"
+    )
+    eval_rm.add_argument("--out", help="write the report as JSON here")
+    eval_rm.add_argument("--batch-size", type=int, default=8, help="comparisons per forward pass")
+    eval_rm.add_argument("--max-length", type=int, help="default: the RM's training max_length")
+    eval_rm.add_argument(
+        "--quantization",
+        choices=["none", "4bit", "8bit"],
+        help="load the base this way (default: as trained; `none` for foreign adapters)",
+    )
     ppo = _recipe_command(sub, "ppo", "PPO of the SFT policy against the reward model, KL to SFT")
     ppo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     dpo = _recipe_command(
