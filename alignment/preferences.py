@@ -196,7 +196,8 @@ def _parse_ranking(origin: str, row: dict[str, Any], dropped: Counter[str]) -> C
             f"(one per completion, 1 = best), got {ranks!r}"
         )
     kept = [i for i, text in enumerate(completions) if text.strip()]
-    dropped[DROP_EMPTY] += len(completions) - len(kept)
+    if len(kept) < len(completions):
+        dropped[DROP_EMPTY] += len(completions) - len(kept)
     if len(kept) < 2:
         raise _Skip(SKIP_FEW)
     answers: list[Conversation] = [[{"role": "assistant", "content": completions[i]}] for i in kept]
