@@ -314,7 +314,7 @@ class DPOConfig(Section):
         0.05,
         ge=0,
         lt=1,
-        description="Share of `data`'s rankings (all pairs of one ranking together) held out.",
+        description="Share of `data` held out, whole prompts at a time (as rm.eval_fraction).",
     )
     format: Literal["auto", "rankings", "pairs", "trl", "hh"] = Field(
         "auto", description="Row format; auto detects it per row from the row's keys."
