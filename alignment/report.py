@@ -40,7 +40,7 @@ def _svg_plot(title: str, x_label: str, series: dict[str, tuple[list[float], lis
         axes.legend(fontsize=7)
     figure.tight_layout()
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg")
+    figure.savefig(buffer, format="svg", metadata={"Date": None})  # same run, same file
     plt.close(figure)
     svg = buffer.getvalue()
     return svg[svg.index("<svg") :]  # inline: drop the XML prolog and doctype

@@ -1,6 +1,7 @@
 """`align run`: the whole chain on the tiny model, with the rubric judge ranking."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -45,9 +46,7 @@ def test_whole_chain_runs_skips_finished_stages_and_reports(chain_recipe):
     assert evaluation["kl_to_sft"] >= 0
     html = (run / "report.html").read_text()
     assert f"{evaluation['ppo']['judge_score']:.3f}" in html and html.count("<svg") >= 4
-    assert "http://" not in html.replace(
-        "http://www.w3.org", ""
-    )  # readable offline: nothing fetched
+    assert not re.findall(r"(?:src|href)=[\"']?(?:https?:)?//", html)  # readable offline: nothing fetched
     assert (run / "report.md").is_file()
 
     # A rerun skips every finished stage; sample and rank find nothing left to do.
