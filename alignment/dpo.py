@@ -216,9 +216,11 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     card_metrics = dict(summary)
     summary["data"] = data.report()
 
-    trainer.model.save_pretrained(out, selected_adapters=[POLICY])
-    tokenizer.save_pretrained(out)
-    write_summary(out, summary)
-    write_model_card(out, recipe, "dpo", base_model_id(recipe.model), card_metrics)
-    log.info("DPO adapter saved to %s: %s", out, card_metrics)
+    if trainer.accelerator.is_main_process:  # under accelerate, one process writes the output
+        trainer.model.save_pretrained(out, selected_adapters=[POLICY])
+        tokenizer.save_pretrained(out)
+        write_summary(out, summary)
+        write_model_card(out, recipe, "dpo", base_model_id(recipe.model), card_metrics)
+        log.info("DPO adapter saved to %s: %s", out, card_metrics)
+    trainer.accelerator.wait_for_everyone()
     return DPOOutcome(out, trainer.model, summary)
