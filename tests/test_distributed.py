@@ -1,5 +1,5 @@
-"""The Trainer-based stages under `accelerate launch` with two CPU processes (gloo), and the
-shipped accelerate configs as accelerate itself reads them."""
+"""The Trainer-based stages (sft, rm, dpo) under `accelerate launch` with two CPU processes
+(gloo), and the shipped accelerate configs as accelerate itself reads them."""
 
 import json
 import os
@@ -11,7 +11,9 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import launch_command_parser
 from accelerate.utils import DistributedType
 
+from alignment.config import load_recipe
 from alignment.runs import read_jsonl
+from alignment.sft import run_sft
 from tests.conftest import ROOT, write_jsonl
 
 CONFIGS = ROOT / "recipes" / "accelerate"
@@ -74,8 +76,11 @@ sft: {{data: {demos}, max_steps: 3, batch_size: 2, max_length: 64, logging_steps
        eval_fraction: 0, save_steps: 10}}
 rm: {{data: {pairs}, init: base, max_steps: 3, batch_size: 2, max_length: 64, logging_steps: 1,
       eval_fraction: 0, save_steps: 10, stats_examples: 4}}
+dpo: {{data: {pairs}, sft_adapter: {root / "shared" / "sft"}, max_steps: 3, batch_size: 2,
+       max_length: 64, logging_steps: 1, eval_fraction: 0, save_steps: 10}}
 """
     )
+    run_sft(load_recipe(recipe, [f"run_dir={root / 'shared'}"]))  # the adapter DPO starts from
     return recipe
 
 
@@ -115,7 +120,7 @@ RM_UNDER_DDP = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize("stage", ["sft", pytest.param("rm", marks=RM_UNDER_DDP)])
+@pytest.mark.parametrize("stage", ["sft", pytest.param("rm", marks=RM_UNDER_DDP), "dpo"])
 def test_stage_completes_under_accelerate_with_two_cpu_processes(
     stage, tiny_distributed_recipe, tmp_path
 ):
