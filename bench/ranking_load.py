@@ -1,0 +1,450 @@
+"""Ranking store and app: submit rate and latency under concurrent load, and export rate at 100k.
+
+    python bench/ranking_load.py [--clients 20] [--per-client 25] [--rankings 100000]
+
+1. A real `align ui` process on 127.0.0.1 with a fresh database; CLIENTS annotator threads sign
+   in, lease via /next, then each submits PER_CLIENT rankings through /submit (which stores the
+   ranking and leases the next prompt in one transaction, as the page does). Prints rankings/s
+   and p50/p95/p99 of /submit as the client sees it, then checks that every acknowledged ranking
+   is stored exactly once. Baselines, same run, same database shape, same thread count, no HTTP:
+   the store's `lease` + `submit_ranking`, and `submit_and_next` (the store call /submit makes).
+2. A database with 100k rankings (K=4, 2 annotators per prompt), then `export_rows` written to
+   JSONL in both formats, as rows/s. Baseline: reading `current_rankings()` alone, no JSON.
+
+The load reuses the load test's helpers (tests/ranking_support.py, tests/test_ui_load.py). Every
+loop is bounded in count and time; the only address used is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from common import ROOT, machine
+
+# tests/ is not an installed package: import the load test's helpers from this checkout.
+sys.path.insert(0, str(ROOT))
+
+from alignment.export import export_rows, write_jsonl
+from alignment.store import NewCandidate, Store
+from tests.ranking_support import (
+    ApiSession,
+    fill_store,
+    free_port,
+    spawn_server,
+    wait_until_serving,
+    write_annotators,
+)
+from tests.test_ui_load import (
+    CLIENTS,
+    PER_CLIENT,
+    PROMPTS,
+    K,
+    assert_acknowledged_are_stored,
+    stored_rankings,
+)
+
+PER_PROMPT = 2  # annotators per prompt, as in the load test
+CHUNK = 5000  # rankings per transaction when building the 100k database
+FILLER = "The answer explains the point step by step, with an example and a short summary. "
+
+
+def answer_text(prompt: int, position: int, chars: int) -> str:
+    """A distinct answer of about `chars` characters (roughly a 64-token sampled answer)."""
+    head = f"Answer {position} to question {prompt}. "
+    return head + (FILLER * (chars // len(FILLER) + 1))[: max(0, chars - len(head))]
+
+
+def prompt_specs(count: int, chars: int) -> list[tuple[str, list[str]]]:
+    return [
+        (f"Question {n}: explain item {n} briefly.", [answer_text(n, j, chars) for j in range(K)])
+        for n in range(1, count + 1)
+    ]
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (to see who used the 2 cores)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class LoadRun:
+    label: str
+    latencies: list[float] = field(default_factory=list)  # seconds per ranking
+    acked: list[tuple[str, int, int, dict[str, int]]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall: float = 0.0
+    load: str = ""
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.wall if self.wall else 0.0
+
+
+def run_clients(
+    run: LoadRun,
+    names: list[str],
+    client: Callable[[str, random.Random, threading.Barrier, LoadRun, threading.Lock], None],
+    deadline: float,
+) -> None:
+    """One thread per annotator; all start submitting together (a barrier), so the wall time
+    covers only the concurrent submissions, not sign-in."""
+    lock = threading.Lock()
+    barrier = threading.Barrier(len(names) + 1)
+
+    def guarded(name: str, seed: int) -> None:
+        try:
+            client(name, random.Random(seed), barrier, run, lock)
+        except Exception as err:  # collected and reported; the run fails on any
+            barrier.abort()
+            with lock:
+                run.errors.append(f"{name}: {type(err).__name__}: {err}")
+
+    threads = [
+        threading.Thread(target=guarded, args=(name, i), daemon=True)
+        for i, name in enumerate(names)
+    ]
+    for thread in threads:
+        thread.start()
+    # Broken: a client failed before starting; its error is in run.errors.
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(timeout=max(1.0, deadline - time.monotonic()))
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()) + 65)  # +1 HTTP timeout
+    run.wall = time.perf_counter() - started
+    run.load = load_average()
+    hung = sum(thread.is_alive() for thread in threads)
+    if hung:
+        run.errors.append(f"{hung} clients still running at the deadline")
+
+
+def http_load(args: argparse.Namespace, work: Path, deadline: float) -> tuple[LoadRun, str]:
+    """The app under load: returns the run and the verification summary."""
+    db, log = work / "http.db", work / "server.log"
+    names = [f"annotator{i:02d}" for i in range(args.clients)]
+    passwords = {name: f"{name}-password" for name in names}
+    write_annotators(work / "annotators.yaml", passwords, {})
+    port = free_port()
+    # The server imports gradio (seconds) while the prompts are written, as in the load test.
+    server = spawn_server(db, work / "annotators.yaml", port, log, per_prompt=PER_PROMPT)
+    run = LoadRun(f"HTTP /submit, `align ui`, {args.clients} client threads")
+    try:
+        fill_store(db, prompt_specs(args.prompts, args.answer_chars)).close()
+        url = f"http://127.0.0.1:{port}"
+        wait_until_serving(f"{url}/", server, limit=max(1.0, min(120, deadline - time.monotonic())))
+
+        def client(name: str, rng: random.Random, barrier: threading.Barrier, run: LoadRun, lock):
+            session = ApiSession(url, name, passwords[name], timeout=60)
+            try:
+                lease = session.call("next")
+                barrier.wait(timeout=max(1.0, deadline - time.monotonic()))
+                for _ in range(args.per_client):
+                    if lease is None or time.monotonic() > deadline:
+                        break
+                    ranks = rng.sample(range(1, K + 1), K)
+                    started = time.perf_counter()
+                    result = session.call("submit", lease["token"], ranks, False)
+                    elapsed = time.perf_counter() - started
+                    by_text = dict(zip(lease["answers"], ranks, strict=True))
+                    with lock:
+                        run.latencies.append(elapsed)
+                        run.acked.append((name, lease["prompt_id"], result["ranking_id"], by_text))
+                    lease = result["next"]
+            finally:
+                session.close()
+
+        cpu_server, cpu_here = cpu_seconds(server.pid), time.process_time()
+        run_clients(run, names, client, deadline)
+        cpu_server = cpu_seconds(server.pid) - cpu_server
+        cpu_here = time.process_time() - cpu_here
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+    cpu = (
+        f"CPU during the load window: server {cpu_server:.1f} s, clients {cpu_here:.1f} s "
+        "(includes sign-in)"
+    )
+    return run, f"{verify(run, db, log, names)}; {cpu}"
+
+
+def verify(run: LoadRun, db: Path, log: Path, names: list[str]) -> str:
+    """Every acknowledged ranking stored exactly once, with the ranks the client sent."""
+    ids = [ranking_id for _, _, ranking_id, _ in run.acked]
+    stored = stored_rankings(db)
+    problems = []
+    if len(set(ids)) != len(ids):
+        problems.append("an acknowledged ranking id came back twice")
+    if set(stored) != set(ids):
+        problems.append(f"{len(set(ids) - set(stored))} lost, {len(set(stored) - set(ids))} extra")
+    try:
+        assert_acknowledged_are_stored(run.acked, stored)
+    except (AssertionError, KeyError) as err:
+        problems.append(f"stored ranking differs from the one acknowledged: {err}")
+    per_pair = Counter((name, prompt) for name, prompt, _ in stored.values())
+    if per_pair and max(per_pair.values()) > 1:
+        problems.append("an annotator ranked the same prompt twice")
+    per_prompt = Counter(prompt for _, prompt, _ in stored.values())
+    if per_prompt and max(per_prompt.values()) > PER_PROMPT:
+        problems.append(f"a prompt got more than {PER_PROMPT} annotators")
+    if "Traceback" in log.read_text(errors="replace"):
+        problems.append(f"traceback in {log}")
+    store = Store(db)
+    integrity = store.integrity_check()
+    store.close()
+    if integrity != "ok":
+        problems.append(f"integrity_check: {integrity}")
+    if problems:
+        run.errors.extend(problems)
+        return "verification FAILED: " + "; ".join(problems)
+    return (
+        f"verified: {len(ids)} acknowledged = {len(stored)} stored, each exactly once, ranks as "
+        f"sent; integrity_check ok; {len(names)} annotators"
+    )
+
+
+def store_load(args: argparse.Namespace, work: Path, deadline: float, combined: bool) -> LoadRun:
+    """The same load straight on the store, in this process: no HTTP, no Gradio."""
+    call = "submit_and_next" if combined else "lease + submit_ranking"
+    run = LoadRun(f"in-process `{call}`, {args.clients} threads (baseline)")
+    db = work / f"store-{'combined' if combined else 'split'}.db"
+    names = [f"annotator{i:02d}" for i in range(args.clients)]
+    store = fill_store(db, prompt_specs(args.prompts, args.answer_chars))
+    store.sync_annotators([(name, "annotator") for name in names])
+
+    def client(name: str, rng: random.Random, barrier: threading.Barrier, run: LoadRun, lock):
+        lease = store.lease(name, PER_PROMPT) if combined else None
+        barrier.wait(timeout=max(1.0, deadline - time.monotonic()))
+        for _ in range(args.per_client):
+            if time.monotonic() > deadline:
+                break
+            ranks = rng.sample(range(1, K + 1), K)
+            started = time.perf_counter()
+            if combined:
+                if lease is None:
+                    break
+                _, lease = store.submit_and_next(name, lease.token, ranks, False, PER_PROMPT)
+            else:
+                current = store.lease(name, PER_PROMPT)
+                if current is None:
+                    break
+                store.submit_ranking(name, current.token, ranks, False, PER_PROMPT)
+            elapsed = time.perf_counter() - started
+            with lock:
+                run.latencies.append(elapsed)
+
+    run_clients(run, names, client, deadline)
+    store.close()
+    return run
+
+
+@dataclass
+class Timed:
+    label: str
+    rows: int
+    seconds: float
+    megabytes: float | None = None
+    load: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+def timed(label: str, fn: Callable[[], int], out: Path | None = None) -> Timed:
+    started = time.perf_counter()
+    rows = fn()
+    seconds = time.perf_counter() - started
+    size = out.stat().st_size / 1e6 if out is not None else None
+    return Timed(label, rows, seconds, size, load_average())
+
+
+def build_100k(args: argparse.Namespace, db: Path) -> tuple[list[Timed], float]:
+    """The export database: rankings/PER_PROMPT prompts, each ranked by PER_PROMPT annotators.
+
+    The public path, one `lease` + `submit_ranking` per ranking, is far too slow here: two fsyncs
+    per ranking, and `lease` scans the queue from the first prompt, so each call costs more as
+    prompts fill up (timed below, on the finished database). So rankings go through the store's
+    own transaction and submit code (`_write`, `_open_lease`, `_submit`: the same checks and rows
+    as `submit_ranking`, leases on chosen prompts), CHUNK rankings per transaction. Prompts go
+    through the public `add_sampled`, with `synchronous=OFF` on this throwaway build connection.
+    """
+    prompts = math.ceil(args.rankings / PER_PROMPT)
+    names = [f"annotator{i:02d}" for i in range(20)]
+    store = Store(db)
+    store._conn().execute("PRAGMA synchronous = OFF")  # build only; durability is not measured
+
+    def add_prompts() -> int:
+        for n, (text, answers) in enumerate(prompt_specs(prompts, args.answer_chars), start=1):
+            store.add_sampled(
+                [{"role": "user", "content": text}],
+                [
+                    NewCandidate(a, "bench-model", {"temperature": 1.0}, seed=j)
+                    for j, a in enumerate(answers)
+                ],
+                source=f"bench:{n}",
+            )
+        return prompts
+
+    def add_rankings() -> int:
+        store.sync_annotators([(name, "annotator") for name in names])
+        rng = random.Random(0)
+        ids = [row[0] for row in store._conn().execute("SELECT id FROM prompts ORDER BY id")]
+        # Ranking r goes to prompt r // PER_PROMPT, by annotators that differ within a prompt.
+        jobs = [(ids[r // PER_PROMPT], names[r % len(names)]) for r in range(args.rankings)]
+        for start in range(0, len(jobs), CHUNK):
+            with store._write() as conn:
+                for prompt_id, name in jobs[start : start + CHUNK]:
+                    annotator = store._annotator_id(conn, name)
+                    token = store._open_lease(conn, annotator, prompt_id, store.clock(), 600.0)
+                    ranks = rng.sample(range(1, K + 1), K)  # no ties: K-choose-2 pairs each
+                    store._submit(conn, name, token, ranks, False, PER_PROMPT)
+        return len(jobs)
+
+    steps = [
+        timed(f"build: {prompts} prompts x {K} candidates via `add_sampled`", add_prompts),
+        timed(f"build: rankings via the store's submit path, {CHUNK}/transaction", add_rankings),
+    ]
+    # One public `lease` on the full database: a scan over every prompt that finds none free.
+    started = time.perf_counter()
+    store.lease(names[0], PER_PROMPT)
+    scan = time.perf_counter() - started
+    store.close()
+    return steps, scan
+
+
+def export_bench(args: argparse.Namespace, work: Path) -> tuple[list[Timed], float]:
+    db = work / "export.db"
+    steps, scan = build_100k(args, db)
+    store = Store(db)
+    pairs_per_ranking = K * (K - 1) // 2
+
+    def read_only() -> int:
+        return sum(1 for _ in store.current_rankings())
+
+    steps.append(timed("baseline: iterate `current_rankings()`, no JSON", read_only))
+    for fmt in ("rankings", "pairs"):
+        out = work / f"{fmt}.jsonl"
+        steps.append(
+            timed(
+                f"export `{fmt}`: `write_jsonl(export_rows(store, {fmt!r}))`",
+                lambda fmt=fmt, out=out: write_jsonl(export_rows(store, fmt), out),
+                out,
+            )
+        )
+        out.unlink()  # hundreds of MB; the size is recorded
+    store.close()
+    assert steps[-1].rows == args.rankings * pairs_per_ranking, steps[-1].rows
+    return steps, scan
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=CLIENTS)
+    parser.add_argument("--per-client", type=int, default=PER_CLIENT)
+    parser.add_argument("--rankings", type=int, default=100_000, help="for the export part")
+    parser.add_argument("--answer-chars", type=int, default=300, help="length of each answer")
+    parser.add_argument("--time-limit", type=float, default=150, help="seconds, per load run")
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp directory")
+    args = parser.parse_args()
+    # Room for every client's rankings with PER_PROMPT annotators per prompt (the load test's 600
+    # prompts unless more clients or rankings ask for more).
+    args.prompts = max(PROMPTS, math.ceil(1.2 * args.clients * args.per_client / PER_PROMPT))
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-ranking-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    start_load = load_average()
+    started = time.perf_counter()
+
+    http, verification = http_load(args, work, time.monotonic() + args.time_limit)
+    split = store_load(args, work, time.monotonic() + args.time_limit, combined=False)
+    combined = store_load(args, work, time.monotonic() + args.time_limit, combined=True)
+    export_steps, scan = export_bench(args, work)
+
+    total = time.perf_counter() - started
+    print(f"# Ranking store and app benchmark, {date.today()}, {machine()}")
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"load average (1/5/15 min) at start {start_load}, at end {load_average()}")
+    print()
+    print(
+        f"## Submit under load: {args.clients} clients x {args.per_client} rankings, K={K}, "
+        f"{args.prompts} prompts, {PER_PROMPT} annotators per prompt, answers ~{args.answer_chars} chars"
+    )
+    print(
+        "| run | rankings | wall s | rankings/s | p50 ms | p95 ms | p99 ms | HTTP rate / this | load avg after |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")  # fmt: skip
+    for run in (http, split, combined):
+        lat = [x * 1000 for x in run.latencies]
+        cells = [f"{percentile(lat, q):.0f}" for q in (50, 95, 99)] if len(lat) > 1 else ["-"] * 3
+        ratio = f"{http.rate / run.rate:.2f}x" if run.rate else "-"
+        print(
+            f"| {run.label} | {len(run.latencies)} | {run.wall:.1f} | {run.rate:.1f} | "
+            f"{' | '.join(cells)} | {ratio} | {run.load} |"
+        )
+    print(verification)
+    print(
+        "HTTP latency: POST /gradio_api/call/submit until the result event, as the client sees "
+        "it; the store baselines time the store calls for one ranking (lease included)."
+    )
+    print()
+    print(f"## Export of {args.rankings} rankings (K={K}, no ties)")
+    print("| step | rows | s | rows/s | file MB | load avg after |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for step in export_steps:
+        size = f"{step.megabytes:.0f}" if step.megabytes is not None else "-"
+        print(
+            f"| {step.label} | {step.rows} | {step.seconds:.1f} | {step.rate:.0f} | {size} | {step.load} |"
+        )
+    read, rankings, pairs = export_steps[-3:]
+    print(
+        f"pairs export: {pairs.rate:.0f} pairs/s = {pairs.rate / (K * (K - 1) // 2):.0f} rankings/s, "
+        f"{pairs.seconds / read.seconds:.1f}x the bare read time; rankings export "
+        f"{rankings.seconds / read.seconds:.1f}x the bare read time"
+    )
+    public_estimate = args.rankings / split.rate + args.rankings * scan / 2
+    print(
+        f"why not the public API for the build: one `lease` on the full database takes {scan:.2f} s "
+        f"(it scans every prompt); at the baseline's {split.rate:.0f} rankings/s plus a scan growing "
+        f"to that, {args.rankings} rankings would take ~{public_estimate / 60:.0f} min"
+    )
+    print(f"total benchmark wall time {total:.0f} s; work dir {work}")
+    sys.stdout.flush()
+    if args.work_dir is None:
+        shutil.rmtree(work, ignore_errors=True)
+    if http.errors or split.errors or combined.errors:
+        for error in http.errors + split.errors + combined.errors:
+            print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
