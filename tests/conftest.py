@@ -23,7 +23,9 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(directory: Path, vocab_size: int = 320, hidden: int = 64) -> Path:
+def build_tiny_model(
+    directory: Path, vocab_size: int = 320, hidden: int = 64, init_range: float = 0.02
+) -> Path:
     """Save a 2-layer random Llama with a ChatML tokenizer to `directory` (a real HF model dir)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -58,6 +60,7 @@ def build_tiny_model(directory: Path, vocab_size: int = 320, hidden: int = 64) -
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=1024,
+        initializer_range=init_range,  # larger: logits spread enough for LoRA to move them
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -297,3 +297,64 @@ def test_nan_reward_stops_with_the_update_and_cause_keeping_the_last_checkpoint(
     with pytest.raises(TrainingDiverged, match="update 1: the reward model returned NaN"):
         run_ppo(recipe_in(ppo_base, tmp_path / "run", f"ppo.reward_adapter={broken}"))
     assert not (tmp_path / "run" / "ppo" / "checkpoints").exists()  # nothing half-trained was saved
+
+
+def test_reward_rises_against_a_trained_marker_reward_while_kl_stays_bounded(
+    tmp_path, tiny_model_dir
+):
+    """SFT answers are 'yes great' or 'no' about equally; a reward model trained to prefer the
+    marker word 'great' makes PPO shift the policy towards it, within a KL bound."""
+    # At the default init scale a 64-wide model's logits are nearly flat and LoRA barely moves them.
+    tiny_model_dir = build_tiny_model(tmp_path / "model", init_range=0.2)
+    rows, pairs = [], []
+    for i in range(32):
+        prompt = [{"role": "user", "content": f"Question {i}?"}]
+        for answer in ("yes great", "no"):
+            rows.append({"messages": [*prompt, {"role": "assistant", "content": answer}]})
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": "yes great"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            }
+        )
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    preferences = tmp_path / "pairs.jsonl"
+    preferences.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"Question {i}?"}) + "\n" for i in range(32, 64))
+    )
+    recipe_path = tmp_path / "marker.yaml"
+    recipe_path.write_text(
+        f"""name: marker
+run_dir: {tmp_path / "run"}
+seed: 1
+model: {{name: {tiny_model_dir}}}
+lora: {{r: 8, alpha: 16, dropout: 0.0}}
+sft: {{data: {demos}, max_steps: 40, batch_size: 8, learning_rate: 5.0e-3, eval_fraction: 0, warmup_ratio: 0}}
+rm: {{data: {preferences}, init: base, max_steps: 30, batch_size: 8, learning_rate: 3.0e-3, eval_fraction: 0, max_length: 64}}
+ppo:
+  prompts: {prompts}
+  updates: 16
+  rollout_batch_size: 8
+  minibatch_size: 4
+  ppo_epochs: 2
+  learning_rate: 2.0e-3
+  max_new_tokens: 6
+  kl_coef: 0.1
+  unfinished_penalty: 0.0
+  save_every: 100
+"""
+    )
+    from alignment.rm import run_rm
+
+    recipe = load_recipe(recipe_path)
+    run_sft(recipe)
+    run_rm(recipe)
+    history = run_ppo(recipe).history
+    first = sum(h["reward_raw"] for h in history[:4]) / 4
+    last = sum(h["reward_raw"] for h in history[-4:]) / 4
+    assert last > first + 0.5, [round(h["reward_raw"], 3) for h in history]
+    assert max(h["kl"] for h in history) < 5.0  # nats per 6-token answer
