@@ -46,7 +46,9 @@ def test_whole_chain_runs_skips_finished_stages_and_reports(chain_recipe):
     assert evaluation["kl_to_sft"] >= 0
     html = (run / "report.html").read_text()
     assert f"{evaluation['ppo']['judge_score']:.3f}" in html and html.count("<svg") >= 4
-    assert not re.findall(r"(?:src|href)=[\"']?(?:https?:)?//", html)  # readable offline: nothing fetched
+    assert not re.findall(
+        r"(?:src|href)=[\"']?(?:https?:)?//", html
+    )  # readable offline: nothing fetched
     assert (run / "report.md").is_file()
 
     # A rerun skips every finished stage; sample and rank find nothing left to do.

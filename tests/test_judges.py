@@ -34,7 +34,9 @@ def test_rubric_criteria_are_transparent():
         "As an AI egg egg egg egg egg egg egg egg egg egg egg egg",
     )
     assert bad["no_banned_phrases"] == 0 and bad["complete"] == 0
-    assert bad["length"] == pytest.approx(1 - 5 / 10) and bad["no_repetition"] == pytest.approx(4 / 13)
+    assert bad["length"] == pytest.approx(1 - 5 / 10) and bad["no_repetition"] == pytest.approx(
+        4 / 13
+    )
     assert rubric_score(rubric, "q", "Short.") == pytest.approx((0.25 + 1 + 1 + 1 + 1) / 5)
 
 
