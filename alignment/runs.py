@@ -97,7 +97,7 @@ STAGE_DATA = {
 
 
 def _is_hub_id(name: str) -> bool:
-    # The Hub rejects a card whose metadata names a local path as base_model or dataset.
+    # The Hub rejects a card whose metadata names a local path as a dataset.
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not Path(name).exists()
 
 
@@ -130,8 +130,7 @@ def write_model_card(
     }
     data = "\n".join(f"- {key}: {_describe_source(str(v))}" for key, v in sources.items())
     hub_datasets = [str(v) for v in sources.values() if _is_hub_id(str(v))]
-    metadata = [f"base_model: {base_model}"] if _is_hub_id(base_model) else []
-    metadata.append("library_name: peft")
+    metadata = [f"base_model: {base_model}", "library_name: peft"]
     if hub_datasets:
         metadata.append(f"datasets: [{', '.join(hub_datasets)}]")
     quantized = ", qlora" if recipe.model.quantization == "4bit" else ""

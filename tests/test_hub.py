@@ -103,14 +103,14 @@ def test_model_card_names_base_model_data_metrics_and_recipe(tmp_path):
     assert "| train_loss | 1.235 |" in card and "| steps | 4 |" in card
     assert "```yaml\nname: card\n" in card
 
-    # A Hub dataset is named in the metadata; a local base model is not (the Hub refuses paths).
+    # A Hub dataset is named in the metadata; a local data file is not (the Hub refuses paths).
     hub_data = recipe.model_copy(
         update={"rm": recipe.rm.model_copy(update={"data": "Anthropic/hh-rlhf"})}
     )
     write_model_card(out, hub_data, "rm", str(tmp_path), {})
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
-    assert "base_model" not in header and "datasets: [Anthropic/hh-rlhf]" in header
+    assert f"base_model: {tmp_path}" in header and "datasets: [Anthropic/hh-rlhf]" in header
     assert "[`Anthropic/hh-rlhf`](https://huggingface.co/datasets/Anthropic/hh-rlhf)" in card
 
 
