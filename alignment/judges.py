@@ -153,4 +153,8 @@ def build_scorer(judge: JudgeConfig, run_dir: Path) -> Scorer:
     """The recipe's judge as a scoring function."""
     if judge.kind == "rubric":
         return rubric_scorer(judge.rubric)
-    return reward_scorer(judge.reward_adapter or run_dir / "rm")
+    from alignment.hub import resolve_adapter
+
+    return reward_scorer(
+        resolve_adapter(judge.reward_adapter) if judge.reward_adapter else run_dir / "rm"
+    )

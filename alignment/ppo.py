@@ -565,6 +565,7 @@ def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
     first, last = (history[0], history[-1]) if history else ({}, {})
     summary = {
         "updates": run.update,
+        "processes": accelerator.num_processes,
         "reward_first": first.get("reward"),
         "reward_last": last.get("reward"),
         "kl_last": last.get("kl"),

@@ -133,9 +133,11 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     if evaluation is not None:
         summary["eval_examples"] = len(evaluation)
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-    trainer.model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    write_summary(out, summary)
-    write_model_card(out, recipe, "sft", base_model_id(recipe.model), summary)
+    if trainer.accelerator.is_main_process:  # under several processes, one writes
+        trainer.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        write_summary(out, summary)
+        write_model_card(out, recipe, "sft", base_model_id(recipe.model), summary)
+    trainer.accelerator.wait_for_everyone()
     log.info("SFT adapter saved to %s: %s", out, summary)
     return SFTOutcome(out, trainer.model, summary)

@@ -84,7 +84,7 @@ dpo: {{data: {pairs}, sft_adapter: {root / "shared" / "sft"}, max_steps: 3, batc
     return recipe
 
 
-def launch(stage: str, recipe: Path, run_dir: Path) -> subprocess.CompletedProcess:
+def launch(stage: str, recipe: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """Two CPU processes over gloo with the shipped DDP config.
 
     Not `accelerate launch --cpu --num_processes 2`: accelerate 1.x starts a single process for
@@ -104,6 +104,7 @@ def launch(stage: str, recipe: Path, run_dir: Path) -> subprocess.CompletedProce
             stage,
             str(recipe),
             f"run_dir={run_dir}",
+            *overrides,
         ],
         capture_output=True,
         text=True,

@@ -254,30 +254,18 @@ def test_stop_strings_truncate_answers(tiny_model_dir):
 
 
 def test_two_process_accelerate_run_completes(ppo_base, tmp_path):
+    from tests.test_distributed import launch
+
     shared = load_recipe(ppo_base).output_dir
-    done = subprocess.run(
-        [
-            "accelerate",
-            "launch",
-            "--num_processes",
-            "2",
-            "--cpu",
-            "-m",
-            "alignment.cli",
-            "ppo",
-            str(ppo_base),
-            f"run_dir={tmp_path}",
-            f"ppo.sft_adapter={shared / 'sft'}",
-            f"ppo.reward_adapter={shared / 'rm'}",
-            "ppo.updates=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = launch(
+        "ppo", ppo_base, tmp_path,
+        f"ppo.sft_adapter={shared / 'sft'}", f"ppo.reward_adapter={shared / 'rm'}", "ppo.updates=2",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     history = read_jsonl(tmp_path / "ppo" / "metrics.jsonl")
     assert [h["update"] for h in history] == [1, 2]
+    summary = json.loads((tmp_path / "ppo" / "summary.json").read_text())
+    assert summary["processes"] == 2  # really two processes, each rolling out its own prompts
     assert (tmp_path / "ppo" / "adapter_model.safetensors").is_file()
 
 
