@@ -1,0 +1,376 @@
+"""PPO memory, speed and reward gain: `align ppo` against TRL 1.12.0's PPOTrainer, side by side.
+
+    python bench/ppo_vs_trl.py [--updates 8] [--batch-size 8] [--max-new-tokens 32]
+
+SmolLM2-135M-Instruct (the embedded model), fp32 on both sides, the same prompts per update,
+rollout batch, minibatch, PPO epochs, answer length, learning rate, KL coefficient, unfinished-
+answer penalty and normalised reward. Ours holds policy, reference, reward and value as four
+LoRA adapters on one base model; TRL (its last PPO, `trl.experimental.ppo` in 1.12.0, installed
+once into its own venv) holds a LoRA policy, a full reward model and a full value model trained
+in full, and uses the policy with its adapter disabled as reference.
+
+Prepared once and cached (under $ALIGNMENT_CACHE_DIR or ~/.cache/alignment): the SFT and reward
+adapters (`align run recipes/quickstart.yaml --until rm`, shortened, fp32), the reward adapter
+merged into a full AutoModelForSequenceClassification for TRL, and the TRL venv.
+
+Figures: peak RSS of each child process (wait4); seconds per update from each side's own logs
+(model loading excluded); reward gain = mean reward-model score of the final policy's greedy
+answers to held-out prompts minus that of the SFT policy, same reward model, same scoring code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+from statistics import mean
+from types import SimpleNamespace
+from typing import Any
+
+from common import ROOT, Measured, machine, run_measured
+
+from alignment.config import ModelConfig, PPOConfig
+from alignment.data import read_prompts
+from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.models import cache_root, load_tokenizer, resolve_model
+from alignment.ppo import PPORun
+
+TRL_VERSION = "1.12.0"
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+# Prep of the SFT and reward adapters: a few minutes on 2 cores, not a good model. fp32 so the
+# adapters fit the fp32 base both sides run on.
+PREP_OVERRIDES = [
+    "model.quantization=none",
+    "sft.max_steps=8",
+    "sft.batch_size=4",
+    "sft.max_length=256",
+    "sft.eval_fraction=0",
+    "sft.save_steps=100",
+    "chain.sample_limit=32",
+    "rm.max_steps=16",
+    "rm.batch_size=4",
+    "rm.stats_examples=64",
+    "rm.save_steps=100",
+]
+TRL_PAD_TOKEN = "<|endoftext|>"  # see bench/trl_ppo_driver.py: TRL needs a pad id unused in prompts
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- cached preparation ------------------------------------------------------------------------
+
+
+def prepare_adapters(cache: Path) -> Path:
+    """The run directory holding sft/ and rm/ adapters, made with our own chain once."""
+    run_dir = cache / "run"
+    ready = [run_dir / "sft" / "adapter_config.json", run_dir / "rm" / "reward_stats.json"]
+    if all(path.is_file() for path in ready):
+        return run_dir
+    log(f"preparing SFT and reward adapters in {run_dir} (once; a few minutes)")
+    command = ["align", "run", str(RECIPE), f"run_dir={run_dir}", *PREP_OVERRIDES, "--until", "rm"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0 or not all(path.is_file() for path in ready):
+        sys.exit(f"preparation failed: {' '.join(command)}\n{(done.stdout + done.stderr)[-3000:]}")
+    return run_dir
+
+
+def trl_python(cache: Path) -> Path:
+    """A venv that sees the system packages but has its own TRL 1.12.0 (pip --no-deps: its
+    requirements, accelerate>=1.4, datasets>=4.7, transformers>=4.56.2, are met by the system's)."""
+    venv = cache / "bench-venvs" / f"trl-{TRL_VERSION}"
+    python, marker = venv / "bin" / "python", venv / ".ready"
+    if marker.is_file():
+        return python
+    log(f"creating {venv} with trl=={TRL_VERSION} (once)")
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", f"trl=={TRL_VERSION}"],
+        check=True,
+    )
+    version = subprocess.run(
+        [str(python), "-c", "import trl; print(trl.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if version != TRL_VERSION:
+        sys.exit(f"{venv}: expected trl {TRL_VERSION}, imports {version}")
+    marker.write_text(version + "\n")
+    return python
+
+
+def merged_reward_model(cache: Path, rm_dir: Path) -> Path:
+    """Our reward adapter and head merged into a full sequence-classification model, for TRL."""
+    import torch
+
+    from alignment.rm import load_reward_model, score
+
+    target = cache / "reward-merged"
+    stamp = str((rm_dir / "adapter_model.safetensors").stat().st_mtime_ns)
+    if (target / "source.txt").is_file() and (target / "source.txt").read_text() == stamp:
+        return target
+    log(f"merging {rm_dir} into {target}")
+    adapter_model, tokenizer, _ = load_reward_model(rm_dir, quantization="none")
+    probe = [
+        [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A pear."}],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! How are you?"},
+        ],
+    ]
+    expected = score(adapter_model, tokenizer, probe)
+    merged = adapter_model.merge_and_unload()
+    merged.eval()
+    got = score(merged, tokenizer, probe)
+    if not torch.allclose(expected, got, atol=1e-3):
+        sys.exit(f"merged reward model scores {got.tolist()}, adapter {expected.tolist()}")
+    shutil.rmtree(target, ignore_errors=True)
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    (target / "source.txt").write_text(stamp)
+    return target
+
+
+# --- the two runs ------------------------------------------------------------------------------
+
+
+def prompt_batches(
+    tokenizer: Any, prompts: str, updates: int, batch_size: int
+) -> list[list[list[int]]]:
+    """Token ids of the prompts `align ppo` rolls out at each update, from its own code."""
+    encoded = [encode_prompt(tokenizer, messages) for _, messages in read_prompts(prompts)]
+    stand_in = SimpleNamespace(
+        cfg=PPOConfig(prompts=prompts, rollout_batch_size=batch_size),
+        accelerator=SimpleNamespace(num_processes=1, process_index=0),
+        recipe=SimpleNamespace(seed=42),
+        prompts=encoded,
+        update=0,
+    )
+    batches = []
+    for update in range(updates):
+        stand_in.update = update
+        batches.append(PPORun.prompt_batch(stand_in))  # type: ignore[arg-type]
+    return batches
+
+
+def threads_env(threads: int) -> dict[str, str]:
+    # On a crowded CPU, OpenMP threads spin-wait for each other: one thread per process was ~5x
+    # faster than two here under load. Both sides always get the same setting.
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def run_ours(args: argparse.Namespace, run_dir: Path, work: Path) -> tuple[Measured, list[dict]]:
+    command = [
+        "align", "ppo", str(RECIPE), f"run_dir={work / 'align'}", "model.quantization=none",
+        f"ppo.sft_adapter={run_dir / 'sft'}", f"ppo.reward_adapter={run_dir / 'rm'}",
+        f"ppo.prompts={args.prompts}", f"ppo.updates={args.updates}",
+        f"ppo.rollout_batch_size={args.batch_size}", f"ppo.minibatch_size={args.minibatch_size}",
+        f"ppo.ppo_epochs={args.ppo_epochs}", f"ppo.max_new_tokens={args.max_new_tokens}",
+        f"ppo.learning_rate={args.learning_rate}", f"ppo.kl_coef={args.kl_coef}",
+        "ppo.temperature=1.0", "ppo.top_p=1.0", "ppo.unfinished_penalty=-1.0",
+        f"ppo.save_every={args.updates}", f"ppo.sample_every={args.updates}",
+    ]  # fmt: skip
+    measured = run_measured("align-ppo", command, env=threads_env(args.threads))
+    metrics = [json.loads(line) for line in (work / "align" / "ppo" / "metrics.jsonl").open()]
+    return measured, metrics
+
+
+def run_trl(
+    args: argparse.Namespace,
+    python: Path,
+    run_dir: Path,
+    reward_dir: Path,
+    batches: list[list[list[int]]],
+    work: Path,
+) -> tuple[Measured, list[dict]]:
+    stats = json.loads((run_dir / "rm" / "reward_stats.json").read_text())
+    spec = {
+        "model_dir": resolve_model(ModelConfig()),
+        "sft_adapter": str(run_dir / "sft"),
+        "reward_model": str(reward_dir),
+        "reward_mean": stats["mean"],
+        "reward_std": max(stats["std"], 1e-6),  # as align ppo clamps it
+        "pad_token": TRL_PAD_TOKEN,
+        "prompt_batches": batches,
+        "rollout_batch_size": args.batch_size,
+        "minibatch_size": args.minibatch_size,
+        "ppo_epochs": args.ppo_epochs,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": 1.0,
+        "missing_eos_penalty": 1.0,
+        "learning_rate": args.learning_rate,
+        "kl_coef": args.kl_coef,
+        "value_coef": 0.1,
+        "seed": 42,
+        "output_dir": str(work / "trl"),
+    }
+    spec_path = work / "trl-spec.json"
+    spec_path.write_text(json.dumps(spec))
+    command = [str(python), str(ROOT / "bench" / "trl_ppo_driver.py"), str(spec_path)]
+    measured = run_measured("trl-ppo", command, env=threads_env(args.threads))
+    updates = [
+        json.loads(line)
+        for line in measured.output.splitlines()
+        if line.startswith('{"trl_update"')
+    ]
+    if len(updates) != args.updates:
+        sys.exit(f"TRL logged {len(updates)} updates, expected {args.updates}")
+    return measured, updates
+
+
+# --- fair reward: greedy answers of each final policy, scored by the same reward model ---------
+
+
+def greedy_rewards(
+    adapters: dict[str, Path], rm_dir: Path, prompts: str, count: int, max_new_tokens: int
+) -> dict[str, float]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignment.rm import load_reward_model, score
+
+    model_cfg = ModelConfig()
+    source = resolve_model(model_cfg)
+    tokenizer = load_tokenizer(model_cfg, source)
+    chats = [messages for _, messages in read_prompts(prompts)][:count]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0, batch_size=8)
+    answers = {}
+    for name, adapter in adapters.items():
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        policy = PeftModel.from_pretrained(base, adapter)
+        policy.eval()
+        answers[name] = [c.text for c in generate(policy, tokenizer, chats, settings)]
+        del policy, base
+    reward_model, rm_tokenizer, _ = load_reward_model(rm_dir, quantization="none")
+    result = {}
+    for name, texts in answers.items():
+        conversations = [
+            [*chat, {"role": "assistant", "content": text}]
+            for chat, text in zip(chats, texts, strict=True)
+        ]
+        result[name] = score(reward_model, rm_tokenizer, conversations).mean().item()
+    return result
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def gain(values: list[float]) -> float:
+    """Mean of the last quarter of updates minus mean of the first quarter (at least one each)."""
+    k = max(1, len(values) // 4)
+    return mean(values[-k:]) - mean(values[:k])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts rolled out per update")
+    parser.add_argument("--minibatch-size", type=int, default=4, help="rollouts per optimizer step")
+    parser.add_argument("--ppo-epochs", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--kl-coef", type=float, default=0.05)
+    parser.add_argument("--prompts", default="data/prompts.jsonl")
+    parser.add_argument("--eval-prompts", default="data/prompts_heldout.jsonl")
+    parser.add_argument("--eval-count", type=int, default=24, help="held-out prompts re-scored")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="default: <alignment cache>/bench-ppo"
+    )
+    args = parser.parse_args()
+    if args.batch_size % args.minibatch_size:
+        parser.error("--batch-size must be a multiple of --minibatch-size (TRL needs it)")
+
+    import torch
+
+    torch.set_num_threads(args.threads)  # the re-scoring below runs in this process
+    for name in ("prompts", "eval_prompts"):  # the children run in ROOT; so do these paths
+        setattr(args, name, str(ROOT / getattr(args, name)))
+    cache = args.cache or cache_root(ModelConfig()) / "bench-ppo"
+    run_dir = prepare_adapters(cache)
+    python = trl_python(cache_root(ModelConfig()))
+    reward_dir = merged_reward_model(cache, run_dir / "rm")
+    tokenizer = load_tokenizer(ModelConfig())
+    batches = prompt_batches(tokenizer, args.prompts, args.updates, args.batch_size)
+    work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
+    log(f"work directory {work}")
+
+    ours, ours_metrics = run_ours(args, run_dir, work)
+    log(f"align ppo: {ours.wall_seconds:.0f} s wall, {ours.peak_rss_mib:.0f} MiB peak")
+    trl, trl_updates = run_trl(args, python, run_dir, reward_dir, batches, work)
+    log(f"TRL PPOTrainer: {trl.wall_seconds:.0f} s wall, {trl.peak_rss_mib:.0f} MiB peak")
+    log("re-scoring greedy answers of SFT and both final policies")
+    greedy = greedy_rewards(
+        {"sft": run_dir / "sft", "ours": work / "align" / "ppo", "trl": work / "trl"},
+        run_dir / "rm",
+        args.eval_prompts,
+        args.eval_count,
+        args.max_new_tokens,
+    )
+
+    phases = ("seconds_generate", "seconds_score", "seconds_train")
+    ours_seconds = mean(sum(m[p] for p in phases) for m in ours_metrics)
+    trl_seconds = mean(u["seconds"] for u in trl_updates)
+    rows = {
+        "ours": {
+            "rss": ours.peak_rss_mib,
+            "seconds": ours_seconds,
+            "gain": greedy["ours"] - greedy["sft"],
+            "train_gain": gain([m["reward"] for m in ours_metrics]),
+            "wall": ours.wall_seconds,
+        },
+        "trl": {
+            "rss": trl.peak_rss_mib,
+            "seconds": trl_seconds,
+            "gain": greedy["trl"] - greedy["sft"],
+            "train_gain": gain([u["objective/scores"] for u in trl_updates]),
+            "wall": trl.wall_seconds,
+        },
+    }
+    (work / "results.json").write_text(
+        json.dumps({"args": vars(args) | {"cache": str(cache)}, "greedy": greedy, **rows}, indent=2)
+    )
+    ratio = {k: rows["ours"][k] / rows["trl"][k] for k in ("rss", "seconds", "wall")}
+    per_phase = {p: mean(m[p] for m in ours_metrics) for p in phases}
+    print(f"## PPO benchmark, {date.today()}, {machine()}")
+    print(
+        f"SmolLM2-135M-Instruct, fp32, {args.updates} updates x {args.batch_size} prompts, "
+        f"minibatch {args.minibatch_size}, {args.ppo_epochs} PPO epochs, {args.max_new_tokens} "
+        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}, {args.threads} torch thread(s) per side; reward re-scored on "
+        f"{args.eval_count} held-out prompts (greedy). SFT policy's mean score: {greedy['sft']:.3f}"
+    )
+    print(
+        "| run | peak RSS MiB | s / update | reward gain (greedy, held-out) | "
+        "reward gain (in training, normalised) | wall s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, key in (("align ppo", "ours"), (f"TRL {TRL_VERSION} PPOTrainer", "trl")):
+        row = rows[key]
+        print(
+            f"| {label} | {row['rss']:.0f} | {row['seconds']:.1f} | {row['gain']:+.3f} | "
+            f"{row['train_gain']:+.3f} | {row['wall']:.0f} |"
+        )
+    print(
+        f"| ours / TRL | {ratio['rss']:.2f}x (target <= 0.5) | {ratio['seconds']:.2f}x "
+        f"(target <= 0.8) | {rows['ours']['gain'] - rows['trl']['gain']:+.3f} (target >= 0) | "
+        f"{rows['ours']['train_gain'] - rows['trl']['train_gain']:+.3f} | {ratio['wall']:.2f}x |"
+    )
+    print(
+        "align ppo seconds per phase: "
+        + ", ".join(f"{p.removeprefix('seconds_')} {v:.1f}" for p, v in per_phase.items())
+    )
+    print(f"details: {work / 'results.json'}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
