@@ -378,29 +378,29 @@ def test_hh_recipe_on_real_smollm2_and_human_data(tmp_path):
     shared = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
     train = tmp_path / "train.jsonl"
     test = tmp_path / "test.jsonl"
-    train.write_text("".join((shared / "train.jsonl").read_text().splitlines(True)[:24]))
-    test.write_text("".join((shared / "test.jsonl").read_text().splitlines(True)[:12]))
+    train.write_text("".join((shared / "train.jsonl").read_text().splitlines(True)[:16]))
+    test.write_text("".join((shared / "test.jsonl").read_text().splitlines(True)[:8]))
     recipe = load_recipe(
         ROOT / "recipes" / "hh-harmless.yaml",
         [
             f"run_dir={tmp_path / 'run'}",
             f"rm.data={train}",
             f"rm.eval_data={test}",
-            "rm.max_steps=3",
+            "rm.max_steps=2",
             "rm.batch_size=4",
-            "rm.max_length=96",
-            "rm.stats_examples=4",
+            "rm.max_length=64",
+            "rm.stats_examples=2",
         ],
     )
     assert recipe.model.quantization == "4bit"
     outcome = run_rm(recipe)
-    assert outcome.summary["steps"] == 3
-    assert outcome.summary["data"]["formats"] == {"hh": 24}
+    assert outcome.summary["steps"] == 2
+    assert outcome.summary["data"]["formats"] == {"hh": 16}
     assert 0 <= outcome.summary["eval_accuracy"] <= 1
     model, tokenizer, _ = load_reward_model(outcome.out_dir)
     comparison = read_preferences(str(test)).comparisons[0]
     conversations = [comparison.conversation(0), comparison.conversation(1)]
     assert torch.equal(
-        score(model, tokenizer, conversations, max_length=96),
-        score(outcome.model, tokenizer, conversations, max_length=96),
+        score(model, tokenizer, conversations, max_length=64),
+        score(outcome.model, tokenizer, conversations, max_length=64),
     )
