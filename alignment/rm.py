@@ -43,7 +43,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import PeftConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict
+from peft import (
+    PeftConfig,
+    PeftModel,
+    TaskType,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
@@ -404,8 +411,11 @@ def _load_sft_weights(model: PeftModel, sft_dir: Path, lora: LoraConfig) -> None
             f"lora has r={lora.r}, alpha={lora.alpha}; the reward adapter starts from the SFT "
             "weights, so the shapes must match (or set rm.init=base)"
         )
+    state = load_file(weights)
+    # PEFT also expects the score head (a module to save) in the state dict: keep the fresh one.
+    state |= {k: v for k, v in get_peft_model_state_dict(model).items() if "lora_" not in k}
     try:
-        result = set_peft_model_state_dict(model, load_file(weights))
+        result = set_peft_model_state_dict(model, state)
     except RuntimeError as err:  # size mismatch: another base model
         raise RunStateError(f"{sft_dir}: SFT adapter does not fit this base model: {err}") from None
     missing = [k for k in result.missing_keys if "lora_" in k]
