@@ -546,11 +546,9 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         data_collator=ComparisonCollator(tokenizer.pad_token_id, cfg.share_prefix),
         callbacks=metric_callbacks(out),
     )
-    # TRL casts a quantized model's trainables (the head too) to bf16; on CPU float32 hidden
-    # states then meet a bf16 head ("expected m1 and m2 to have the same dtype"). Adapters and
-    # head stay float32 whatever the base dtype: LoRA casts its input to its own dtype, the
-    # head's input is cast in scores_at, and small updates are not rounded away.
-    keep_trainable_params_in(trainer.model, torch.float32)
+    # TRL casts a quantized model's trainables (the head too) to bf16; with float32 compute on
+    # CPU the hidden states then meet a bf16 head ("expected m1 and m2 to have the same dtype").
+    keep_trainable_params_in(trainer.model, dtype)
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     model = trainer.model
     model.eval()
