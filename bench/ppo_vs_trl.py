@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from statistics import mean
@@ -304,9 +305,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     log(f"work directory {work}")
 
-    ours, ours_metrics = run_ours(args, run_dir, work)
+    # Both sides at once, one thread each on the 2 cores: the CPU is shared with other work whose
+    # load swings by minutes, and running them one after the other gave one side a quieter time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        ours_job = pool.submit(run_ours, args, run_dir, work)
+        trl_job = pool.submit(run_trl, args, python, run_dir, reward_dir, batches, work)
+        (ours, ours_metrics), (trl, trl_updates) = ours_job.result(), trl_job.result()
     log(f"align ppo: {ours.wall_seconds:.0f} s wall, {ours.peak_rss_mib:.0f} MiB peak")
-    trl, trl_updates = run_trl(args, python, run_dir, reward_dir, batches, work)
     log(f"TRL PPOTrainer: {trl.wall_seconds:.0f} s wall, {trl.peak_rss_mib:.0f} MiB peak")
     log("re-scoring greedy answers of SFT and both final policies")
     greedy = greedy_rewards(
@@ -345,7 +350,7 @@ def main() -> None:
     print(
         f"SmolLM2-135M-Instruct, fp32, {args.updates} updates x {args.batch_size} prompts, "
         f"minibatch {args.minibatch_size}, {args.ppo_epochs} PPO epochs, {args.max_new_tokens} "
-        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}, {args.threads} torch thread(s) per side; reward re-scored on "
+        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}, {args.threads} torch thread(s) per side, both sides at once; reward re-scored on "
         f"{args.eval_count} held-out prompts (greedy). SFT policy's mean score: {greedy['sft']:.3f}"
     )
     print(
