@@ -13,9 +13,11 @@ Prepared once and cached (under $ALIGNMENT_CACHE_DIR or ~/.cache/alignment): the
 adapters (`align run recipes/quickstart.yaml --until rm`, shortened, fp32), the reward adapter
 merged into a full AutoModelForSequenceClassification for TRL, and the TRL venv.
 
-Figures: peak RSS of each child process (wait4); seconds per update from each side's own logs
-(model loading excluded); reward gain = mean reward-model score of the final policy's greedy
-answers to held-out prompts minus that of the SFT policy, same reward model, same scoring code.
+Both sides run at the same time, one torch thread each (`--threads`), so the load of a shared
+CPU falls on both alike. Figures: peak RSS of each child process (wait4); seconds per update
+from each side's own logs (model loading excluded); reward gain = mean reward-model score of the
+final policy's greedy answers to held-out prompts minus that of the SFT policy (same reward
+model, same scoring code).
 """
 
 from __future__ import annotations
@@ -350,7 +352,8 @@ def main() -> None:
     print(
         f"SmolLM2-135M-Instruct, fp32, {args.updates} updates x {args.batch_size} prompts, "
         f"minibatch {args.minibatch_size}, {args.ppo_epochs} PPO epochs, {args.max_new_tokens} "
-        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}, {args.threads} torch thread(s) per side, both sides at once; reward re-scored on "
+        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}; both sides at once, "
+        f"{args.threads} torch thread(s) each; reward re-scored on "
         f"{args.eval_count} held-out prompts (greedy). SFT policy's mean score: {greedy['sft']:.3f}"
     )
     print(
