@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from alignment.config import Recipe
-from alignment.data import read_prompts
+from alignment.cpu_memory import return_freed_tensors_to_os
+from alignment.data import Messages, read_prompts
 from alignment.errors import AlignmentError, DataError, RunStateError
 from alignment.generation import GenerationSettings, encode_prompt, generate
 from alignment.hub import resolve_adapter
@@ -50,6 +51,7 @@ from alignment.ppo_math import (
     token_rewards,
     value_loss,
 )
+from alignment.rm import padded, scoring_ids
 from alignment.roles import RoleModel
 from alignment.runs import append_jsonl, read_jsonl, start_stage, write_model_card, write_summary
 
@@ -161,6 +163,7 @@ class PPORun:
         self._check_tokenizers()
         self.model.to(accelerator.device)
         self.reward_mean, self.reward_std = self._reward_stats()
+        self.reward_max_length = self._reward_max_length()
         self.optimizer = torch.optim.AdamW(
             list(self.model.named_trainable().values()), lr=cfg.learning_rate
         )
@@ -184,7 +187,7 @@ class PPORun:
 
     # --- checks before any rollout -------------------------------------------------------------
 
-    def _encode_prompts(self, source: str) -> list[tuple[str, list[int]]]:
+    def _encode_prompts(self, source: str) -> list[tuple[Messages, list[int]]]:
         from transformers import AutoConfig
 
         context = getattr(AutoConfig.from_pretrained(source), "max_position_embeddings", None)
@@ -201,7 +204,7 @@ class PPORun:
                     f"{origin}: prompt ({len(ids)} tokens) plus ppo.max_new_tokens="
                     f"{self.cfg.max_new_tokens} exceeds the model's context of {context}"
                 )
-            encoded.append((messages[-1]["content"], ids))
+            encoded.append((messages, ids))
         return encoded
 
     def _check_tokenizers(self) -> None:
@@ -225,9 +228,13 @@ class PPORun:
         stats = json.loads(path.read_text())
         return float(stats["mean"]), max(float(stats["std"]), 1e-6)
 
+    def _reward_max_length(self) -> int | None:
+        path = self.rm_dir / REWARD_STATS
+        return json.loads(path.read_text()).get("max_length") if path.is_file() else None
+
     # --- one update ----------------------------------------------------------------------------
 
-    def prompt_batch(self) -> list[tuple[str, list[int]]]:
+    def prompt_batch(self) -> list[tuple[Messages, list[int]]]:
         """This process's prompts for the current update: a seeded shuffle per pass over the data."""
         cfg, world = self.cfg, self.accelerator.num_processes
         per_update = cfg.rollout_batch_size * world
@@ -293,7 +300,21 @@ class PPORun:
                 model, input_ids, attention_mask, width, cfg.temperature
             )
         old_values = answer_values(model, input_ids, attention_mask, width)
-        raw_scores = model.rewards(input_ids, attention_mask)
+        texts = [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+        # The reward model reads each rollout as it read its training answers (the chat template's
+        # rendering, closed by its end of turn), not as the raw sampled tokens.
+        reward_ids, reward_mask = padded(
+            scoring_ids(
+                self.tokenizer,
+                [
+                    [*messages, {"role": "assistant", "content": text}]
+                    for (messages, _), text in zip(batch, texts, strict=True)
+                ],
+                self.reward_max_length,
+            ),
+            self.tokenizer.pad_token_id,
+        )
+        raw_scores = model.rewards(reward_ids.to(device), reward_mask.to(device))
         scores = (raw_scores - self.reward_mean) / self.reward_std
         if cfg.reward_clip is not None:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
@@ -306,8 +327,7 @@ class PPORun:
             )
         rollouts = Rollouts(
             input_ids, attention_mask, mask, old_logprobs, ref_logprobs, old_values, raw_scores, scores,
-            finished_t, [self.tokenizer.decode(ids) for _, ids in batch],
-            [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers],
+            finished_t, [self.tokenizer.decode(ids) for _, ids in batch], texts,
         )  # fmt: skip
         return rollouts, {**timings, "entropy": entropy.item()}
 
@@ -524,6 +544,9 @@ class PPOOutcome:
 def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
     """Run (or resume) the PPO stage; returns where the policy adapter was saved and the metrics."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if not torch.cuda.is_available():
+        # Rollout, scoring and training free GiBs between phases; without this glibc keeps them.
+        return_freed_tensors_to_os()
     set_seed(recipe.seed)
     out = recipe.output_dir / "ppo"
     checkpoint = last_checkpoint(out)

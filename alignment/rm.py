@@ -302,24 +302,42 @@ def score(
     on the tokenizer's padding side; the result does not depend on it. Dropout follows the
     model's mode (load_reward_model returns it in eval mode).
     """
-    encoded = [conversation_ids(tokenizer, c) for c in conversations]
-    if max_length is not None:
-        encoded = [ids[-max_length:] for ids in encoded]
+    encoded = scoring_ids(tokenizer, conversations, max_length)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # less padding
     rewards = torch.empty(len(encoded))
     left = tokenizer.padding_side == "left"
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids = torch.tensor(encoded[i])
-            span = slice(width - len(ids), width) if left else slice(0, len(ids))
-            input_ids[row, span] = ids
-            mask[row, span] = 1
+        input_ids, mask = padded([encoded[i] for i in chunk], tokenizer.pad_token_id, left)
         rewards[chunk] = sequence_scores(model, input_ids, mask).cpu()
     return rewards
+
+
+def scoring_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Conversation],
+    max_length: int | None = None,
+) -> list[list[int]]:
+    """Token ids of conversations as a reward model reads them: through the chat template, as in
+    training (every answer closed by the template's end of turn), keeping the last max_length."""
+    encoded = [conversation_ids(tokenizer, c) for c in conversations]
+    if max_length is not None:
+        encoded = [ids[-max_length:] for ids in encoded]
+    return encoded
+
+
+def padded(
+    sequences: list[list[int]], pad_id: int, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of sequences padded to the longest, on the left or right."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        span = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[row, span] = torch.tensor(ids, dtype=torch.long)
+        mask[row, span] = 1
+    return input_ids, mask
 
 
 @torch.no_grad()

@@ -47,6 +47,13 @@ def run_measured(
     return Measured(label, wall, usage.ru_maxrss / 1024, output)  # ru_maxrss is KiB on Linux
 
 
+def threads_env(threads: int) -> dict[str, str]:
+    """Torch threads of a benchmarked child; every side of a comparison gets the same setting."""
+    # On a crowded CPU, OpenMP threads spin-wait for each other: one thread per process was ~5x
+    # faster than two here under load.
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 # Injected into each child (and the training process `trl sft` launches through accelerate) as
 # `sitecustomize`: when transformers' Trainer is imported, it wraps `train` and `training_step` to
 # print the settings the run really trains with, the memory high-water mark at the start of training

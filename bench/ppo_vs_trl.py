@@ -35,7 +35,7 @@ from statistics import mean
 from types import SimpleNamespace
 from typing import Any
 
-from common import ROOT, Measured, machine, run_measured
+from common import ROOT, Measured, machine, run_measured, threads_env
 
 from alignment.config import ModelConfig, PPOConfig
 from alignment.data import read_prompts
@@ -162,12 +162,6 @@ def prompt_batches(
         stand_in.update = update
         batches.append(PPORun.prompt_batch(stand_in))  # type: ignore[arg-type]
     return batches
-
-
-def threads_env(threads: int) -> dict[str, str]:
-    # On a crowded CPU, OpenMP threads spin-wait for each other: one thread per process was ~5x
-    # faster than two here under load. Both sides always get the same setting.
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def run_ours(args: argparse.Namespace, run_dir: Path, work: Path) -> tuple[Measured, list[dict]]:

@@ -10,6 +10,12 @@ recipes/hh-harmless.yaml; `trl reward` gets the same pairs, converted by the sam
 conversational preference format (explicit prompt), in a temporary directory. Both adapters are
 then scored by the same code, `align eval rm`, on test.jsonl.
 
+`--pairs fitting` (default) gives both sides only the pairs whose longer conversation fits in
+max_length, so both train on the same examples: `trl reward` drops longer pairs, `align rm` would
+keep them and cut their start, which makes its steps longer. `--pairs all` compares the two as
+users would run them on the whole file. Both sides run at the same time with `--threads` torch
+threads each, so the load of a shared machine falls on both alike.
+
 Reported per side: pairwise accuracy and mean margin on test.jsonl, training time (the Trainer's
 train_runtime) and the training process's wall time and peak RSS (its own rusage, os.wait4).
 TRL drops pairs longer than max_length; `align rm` keeps them and cuts their start.
@@ -22,10 +28,11 @@ import json
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
-from common import ROOT, Measured, machine, run_measured, trainer_logs
+from common import ROOT, Measured, machine, run_measured, threads_env, trainer_logs
 
 from alignment.config import ModelConfig
 from alignment.models import load_tokenizer, resolve_model
@@ -54,7 +61,7 @@ def train_seconds(run: Measured) -> float:
     return next(r["train_runtime"] for r in trainer_logs(run.output) if "train_runtime" in r)
 
 
-def evaluate(label: str, adapter: Path, work: Path, max_length: int) -> dict:
+def evaluate(label: str, adapter: Path, work: Path, max_length: int, threads: int) -> dict:
     out = work / f"{label}-eval.json"
     run_measured(
         f"{label}-eval",
@@ -62,6 +69,7 @@ def evaluate(label: str, adapter: Path, work: Path, max_length: int) -> dict:
             "align", "eval", "rm", str(adapter), "--data", str(DATA / "test.jsonl"),
             "--quantization", "4bit", "--max-length", str(max_length), "--out", str(out),
         ],
+        env=threads_env(threads),
     )  # fmt: skip
     return json.loads(out.read_text())
 
@@ -74,28 +82,36 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument("--pairs", choices=["fitting", "all"], default="fitting")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     parser.add_argument("--only", choices=["align", "trl"], help="run one side (for tuning)")
     args = parser.parse_args()
 
     model_dir = resolve_model(ModelConfig())
     work = Path(tempfile.mkdtemp(prefix="bench-rm-"))
     rows = trl_rows(DATA / "train.jsonl")
-    (work / "data").mkdir()
-    with (work / "data" / "train.jsonl").open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
     tokenizer = load_tokenizer(ModelConfig(), model_dir)
-    fits = sum(
-        max(
+    fitting = [
+        row
+        for row in rows
+        if max(
             len(conversation_ids(tokenizer, [*row["prompt"], *row[side]]))
             for side in ("chosen", "rejected")
         )
         <= args.max_length
-        for row in rows
-    )
+    ]
+    fits = len(fitting)
+    if args.pairs == "fitting":
+        rows = fitting
+    (work / "data").mkdir()
+    train_file = work / "data" / "train.jsonl"
+    with train_file.open("w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
 
     shared = {"steps": args.steps, "bs": args.batch_size, "len": args.max_length, "lr": args.lr}
     align = [
         "align", "rm", str(ROOT / "recipes" / "hh-harmless.yaml"), f"run_dir={work / 'align'}",
+        f"rm.data={train_file}", "rm.format=trl",
         f"rm.max_steps={args.steps}", f"rm.batch_size={args.batch_size}",
         f"rm.max_length={args.max_length}", f"rm.learning_rate={args.lr}",
         "rm.lr_scheduler=linear", "rm.warmup_ratio=0.03", "rm.eval_data=null",
@@ -115,26 +131,30 @@ def main() -> None:
     ]  # fmt: skip
 
     sides = [("trl", trl, work / "trl"), ("align", align, work / "align" / "rm")]
-    results = {}
-    for label, command, adapter in sides:
-        if args.only and label != args.only:
-            continue
-        load = os.getloadavg()[0]
-        run = run_measured(f"rm-{label}", command)
-        report = evaluate(label, adapter, work, args.max_length)
-        results[label] = (run, report, load)
+    sides = [side for side in sides if not args.only or side[0] == args.only]
+    load = os.getloadavg()[0]
+
+    def run_side(label: str, command: list[str], adapter: Path) -> tuple[Measured, dict]:
+        run = run_measured(f"rm-{label}", command, env=threads_env(args.threads))
+        report = evaluate(label, adapter, work, args.max_length, args.threads)
         print(
             f"{label}: accuracy {report['accuracy']:.3f}, train {train_seconds(run):.0f} s, "
-            f"wall {run.wall_seconds:.0f} s, peak RSS {run.peak_rss_mib:.0f} MiB, load {load:.1f}",
+            f"wall {run.wall_seconds:.0f} s, peak RSS {run.peak_rss_mib:.0f} MiB",
             flush=True,
         )
+        return run, report
+
+    with ThreadPoolExecutor(len(sides)) as pool:
+        futures = {label: pool.submit(run_side, label, *rest) for label, *rest in sides}
+        results = {label: (*future.result(), load) for label, future in futures.items()}
 
     print(f"\n### {date.today()}, {machine()}")
     print(
         f"SmolLM2-135M-Instruct, 4-bit NF4 + LoRA r={args.r} all-linear + score head, "
         f"{args.dtype} compute, {shared['steps']} steps x {shared['bs']} pairs, max_length "
-        f"{shared['len']}, lr {shared['lr']}. Train: {len(rows)} pairs ({fits} fit in max_length; "
-        f"TRL drops the rest). Test: {results[next(iter(results))][1]['pairs']} pairs.\n"
+        f"{shared['len']}, lr {shared['lr']}, {args.threads} torch thread(s) per side, both at once. "
+        f"Train: {len(rows)} pairs (--pairs {args.pairs}; {fits} fit in max_length, TRL drops the "
+        f"rest). Test: {results[next(iter(results))][1]['pairs']} pairs.\n"
     )
     print(
         "| run | test accuracy | mean margin | train s | process wall s | peak RSS MiB | "

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from alignment.config import load_recipe
 from alignment.errors import DataError, RunStateError
 from alignment.models import load_model, load_tokenizer
-from alignment.ppo import pack, run_ppo, truncate_at_stop
+from alignment.ppo import PPORun, pack, run_ppo, truncate_at_stop
+from alignment.rm import load_reward_model, score
 from alignment.roles import RoleModel, last_token_index
 from alignment.runs import read_jsonl
 from alignment.sft import run_sft
@@ -240,6 +242,24 @@ def test_bad_inputs_fail_before_any_rollout(ppo_base, tmp_path, tiny_model_dir):
     other_rm = random_reward_adapter(other_base, tmp_path / "other-rm")
     with pytest.raises(RunStateError, match=r"trained on .*other-base"):
         run_ppo(recipe_in(ppo_base, tmp_path / "c", f"ppo.reward_adapter={other_rm}"))
+
+
+def test_rollout_rewards_are_the_reward_models_own_scores(ppo_base, tmp_path):
+    """PPO scores each rollout as `align rm` trained and `align eval` scores: the chat template's
+    rendering of prompt and answer, unfinished answers closed too (their penalty is separate)."""
+    recipe = recipe_in(ppo_base, tmp_path, "ppo.max_new_tokens=6")
+    run = PPORun(recipe, Accelerator(cpu=True))
+    batch = run.prompt_batch()
+    rollouts, _ = run.rollout()
+    model, tokenizer, _ = load_reward_model(run.rm_dir)
+    conversations = [
+        [*messages, {"role": "assistant", "content": answer}]
+        for (messages, _), answer in zip(batch, rollouts.answers)
+    ]
+    torch.testing.assert_close(
+        rollouts.raw_scores, score(model, tokenizer, conversations), atol=1e-5, rtol=1e-5
+    )
+    assert not rollouts.finished.all()  # 6 new tokens: some answers never ended, yet match
 
 
 def test_stop_strings_truncate_answers(tiny_model_dir):
