@@ -162,8 +162,7 @@ class PPORun:
         )
         self._check_tokenizers()
         self.model.to(accelerator.device)
-        self.reward_mean, self.reward_std = self._reward_stats()
-        self.reward_max_length = self._reward_max_length()
+        self.reward_mean, self.reward_std, self.reward_max_length = self._reward_stats()
         self.optimizer = torch.optim.AdamW(
             list(self.model.named_trainable().values()), lr=cfg.learning_rate
         )
@@ -217,20 +216,18 @@ class PPORun:
                         f"({len(theirs)} vs {len(self.tokenizer)} tokens); train every stage on one base"
                     )
 
-    def _reward_stats(self) -> tuple[float, float]:
+    def _reward_stats(self) -> tuple[float, float, int | None]:
+        """(mean, std) that rewards are normalised with, and the max_length the RM trained at."""
         path = self.rm_dir / REWARD_STATS
+        stats = json.loads(path.read_text()) if path.is_file() else {}
+        max_length = stats.get("max_length")
         if not self.cfg.normalize_rewards:
-            return 0.0, 1.0
-        if not path.is_file():
+            return 0.0, 1.0, max_length
+        if not stats:
             raise RunStateError(
                 f"{path}: missing; it holds the reward statistics that ppo.normalize_rewards uses"
             )
-        stats = json.loads(path.read_text())
-        return float(stats["mean"]), max(float(stats["std"]), 1e-6)
-
-    def _reward_max_length(self) -> int | None:
-        path = self.rm_dir / REWARD_STATS
-        return json.loads(path.read_text()).get("max_length") if path.is_file() else None
+        return float(stats["mean"]), max(float(stats["std"]), 1e-6), max_length
 
     # --- one update ----------------------------------------------------------------------------
 

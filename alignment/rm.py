@@ -667,12 +667,8 @@ def load_reward_model(
     tokenizer = load_tokenizer(model_cfg, str(path) if has_tokenizer else None)
     with suppress_seqcls_warning():
         base: PreTrainedModel = load_model(model_cfg, head="score")
-    # PEFT upcasts bf16/fp16 adapters to float32 on load; training ran them in the compute dtype,
-    # and scores only reproduce exactly in that dtype (bf16 scores moved by ~0.02 otherwise).
+    # By default PEFT upcasts bf16/fp16 adapters to float32 on load; training ran them in the
+    # compute dtype, and scores only reproduce exactly in it (bf16 scores moved by ~0.02 otherwise).
     model = PeftModel.from_pretrained(base, str(path), autocast_adapter_dtype=False)
-    dtype = compute_dtype(model_cfg)
-    for name, param in model.named_parameters():
-        if ("lora_" in name or "modules_to_save" in name) and param.dtype != dtype:
-            param.data = param.data.to(dtype)
     model.eval()
     return model, tokenizer, stats

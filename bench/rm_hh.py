@@ -18,7 +18,6 @@ threads each, so the load of a shared machine falls on both alike.
 
 Reported per side: pairwise accuracy and mean margin on test.jsonl, training time (the Trainer's
 train_runtime) and the training process's wall time and peak RSS (its own rusage, os.wait4).
-TRL drops pairs longer than max_length; `align rm` keeps them and cuts their start.
 """
 
 from __future__ import annotations
@@ -146,28 +145,25 @@ def main() -> None:
 
     with ThreadPoolExecutor(len(sides)) as pool:
         futures = {label: pool.submit(run_side, label, *rest) for label, *rest in sides}
-        results = {label: (*future.result(), load) for label, future in futures.items()}
+        results = {label: future.result() for label, future in futures.items()}
 
     print(f"\n### {date.today()}, {machine()}")
     print(
         f"SmolLM2-135M-Instruct, 4-bit NF4 + LoRA r={args.r} all-linear + score head, "
         f"{args.dtype} compute, {shared['steps']} steps x {shared['bs']} pairs, max_length "
-        f"{shared['len']}, lr {shared['lr']}, {args.threads} torch thread(s) per side, both at once. "
-        f"Train: {len(rows)} pairs (--pairs {args.pairs}; {fits} fit in max_length, TRL drops the "
+        f"{shared['len']}, lr {shared['lr']}, {args.threads} torch thread(s) per side, both at once, load "
+        f"average {load:.1f} at the start. Train: {len(rows)} pairs (--pairs {args.pairs}; {fits} fit in max_length, TRL drops the "
         f"rest). Test: {results[next(iter(results))][1]['pairs']} pairs.\n"
     )
-    print(
-        "| run | test accuracy | mean margin | train s | process wall s | peak RSS MiB | "
-        "load avg at start |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, (run, report, load) in results.items():
+    print("| run | test accuracy | mean margin | train s | process wall s | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, (run, report) in results.items():
         print(
             f"| {label} | {report['accuracy']:.3f} | {report['mean_margin']:.3f} | "
-            f"{train_seconds(run):.0f} | {run.wall_seconds:.0f} | {run.peak_rss_mib:.0f} | {load:.1f} |"
+            f"{train_seconds(run):.0f} | {run.wall_seconds:.0f} | {run.peak_rss_mib:.0f} |"
         )
     if len(results) == 2:
-        (ours, our_report, _), (theirs, their_report, _) = results["align"], results["trl"]
+        (ours, our_report), (theirs, their_report) = results["align"], results["trl"]
         print(
             f"\nalign / trl: accuracy {our_report['accuracy'] - their_report['accuracy']:+.3f}, "
             f"train time {train_seconds(ours) / train_seconds(theirs):.2f}x, "
