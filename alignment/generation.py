@@ -136,8 +136,16 @@ def _generate_batch(
     )
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
-    cache, logits = out.past_key_values, out.logits[:, -1, :]
+    # Only the last prompt position's logits are read; projecting every prompt position onto the
+    # vocabulary would add about a fifth to the prefill of a small model (SmolLM2: 28M of 135M).
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=position_ids,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache, logits = out.cache, out.logits[:, -1, :]
     positions = position_ids[:, -1:]
     tokens: list[list[int]] = [[] for _ in prompts]
     finished: list[int | None] = [None] * len(prompts)  # the stop token each row ended with
@@ -162,10 +170,10 @@ def _generate_batch(
             input_ids=picked[:, None],
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1, :]
+        cache, logits = out.cache, out.logits[:, -1, :]
     return list(zip(tokens, finished, strict=True))
 
 
