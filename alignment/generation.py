@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignment.config import SampleConfig
+from alignment.cpu_4bit import fast_4bit_inference
 
 Messages = list[dict[str, str]]
 
@@ -150,30 +151,32 @@ def _generate_batch(
     tokens: list[list[int]] = [[] for _ in prompts]
     finished: list[int | None] = [None] * len(prompts)  # the stop token each row ended with
     stop_tensor = torch.tensor(sorted(stops), device=device)
-    for step in range(settings.max_new_tokens):
-        picked = _pick(logits, settings, generators)
-        for row, token in enumerate(picked.tolist()):
-            if finished[row] is not None:
-                continue
-            if token in stops:
-                finished[row] = token
-            else:
-                tokens[row].append(token)
-        if all(f is not None for f in finished) or step == settings.max_new_tokens - 1:
-            break
-        # Finished rows keep feeding a stop token; their output is already final.
-        done = torch.tensor([f is not None for f in finished], device=device)
-        picked = torch.where(done, stop_tensor[0], picked)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        positions = positions + 1
-        out = model(
-            input_ids=picked[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
-        cache, logits = out.cache, out.logits[:, -1, :]
+    # One token per row per step: the few-row case where the packed 4-bit CPU kernel wins.
+    with fast_4bit_inference(model):
+        for step in range(settings.max_new_tokens):
+            picked = _pick(logits, settings, generators)
+            for row, token in enumerate(picked.tolist()):
+                if finished[row] is not None:
+                    continue
+                if token in stops:
+                    finished[row] = token
+                else:
+                    tokens[row].append(token)
+            if all(f is not None for f in finished) or step == settings.max_new_tokens - 1:
+                break
+            # Finished rows keep feeding a stop token; their output is already final.
+            done = torch.tensor([f is not None for f in finished], device=device)
+            picked = torch.where(done, stop_tensor[0], picked)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            positions = positions + 1
+            out = model(
+                input_ids=picked[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
+            cache, logits = out.cache, out.logits[:, -1, :]
     return list(zip(tokens, finished, strict=True))
 
 

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from alignment.config import LoraConfig, ModelConfig
+from alignment.cpu_4bit import forbid_implicit_repacking
 from alignment.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
@@ -198,6 +199,8 @@ def load_model(
         model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if quant is not None:
+        forbid_implicit_repacking(model)  # else one evaluation breaks training: see cpu_4bit.py
     return model
 
 

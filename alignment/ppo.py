@@ -7,8 +7,10 @@ Our own loop (TRL removed its PPOTrainer in 1.13). One update:
     train      GAE advantages, then `ppo_epochs` passes of clipped policy and value losses
                over shuffled minibatches
 
-All four roles are adapters on one base model (see roles.py). Several processes under
-`accelerate launch` each roll out their own prompts and average gradients.
+All four roles are adapters on one base model (see roles.py). Sampling decodes with the packed
+4-bit CPU kernel (cpu_4bit.py); every log-prob, value and reward is computed in the trainable
+layout, as training computes it. Several processes under `accelerate launch` each roll out their
+own prompts and average gradients.
 """
 
 from __future__ import annotations

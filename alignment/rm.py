@@ -394,26 +394,6 @@ class ComparisonTrainer(RewardTrainer):
         return (loss, {"scores": scores}) if return_outputs else loss
 
 
-def use_cpu_4bit_inference_kernel(model: nn.Module, enabled: bool) -> None:
-    """Allow or forbid bitsandbytes' fast CPU path for 4-bit layers in eval mode.
-
-    On CPUs with AVX512-BF16, the first no-grad eval forward of a 4-bit layer repacks its weights
-    for a bf16 kernel (about 5x faster here). After that, backward passes no gradient through the
-    layer (LoRA layers below it silently stop learning), and state_dict(), which every save
-    calls, requantizes the weights lossily. So it is off while training (evaluation during
-    training included) and on for scoring once the adapter is saved.
-    """
-    if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
-        return
-    from bitsandbytes.functional import has_avx512bf16
-    from bitsandbytes.nn import Linear4bit
-
-    supported = enabled and has_avx512bf16()
-    for module in model.modules():
-        if isinstance(module, Linear4bit):
-            module.support_avx512bf16_for_cpu = supported
-
-
 def _load_sft_weights(model: PeftModel, sft_dir: Path, lora: LoraConfig) -> None:
     """Start the reward adapter from the SFT adapter's LoRA weights (the head stays fresh)."""
     weights = sft_dir / "adapter_model.safetensors"
@@ -523,7 +503,6 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     model = get_peft_model(base, peft_config(recipe.lora, TaskType.SEQ_CLS, ["score"]))
     if cfg.init == "sft":
         _load_sft_weights(model, sft_dir, recipe.lora)
-    use_cpu_4bit_inference_kernel(model, False)
 
     dtype = compute_dtype(recipe.model)
     args = RewardConfig(
@@ -570,9 +549,8 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     model = trainer.model
     model.eval()
-    model.save_pretrained(out)  # before any scoring: see use_cpu_4bit_inference_kernel
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    use_cpu_4bit_inference_kernel(model, True)
 
     stats_rows = train_rows
     if 0 < cfg.stats_examples < len(train_rows):

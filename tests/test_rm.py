@@ -29,7 +29,6 @@ from alignment.rm import (
     run_rm,
     score,
     sequence_scores,
-    use_cpu_4bit_inference_kernel,
 )
 from alignment.sft import run_sft
 from tests.conftest import ROOT, write_jsonl
@@ -337,8 +336,8 @@ def test_reload_reproduces_scores_exactly(tmp_path, tiny_model_dir):
 def test_4bit_layers_keep_their_gradient_after_an_evaluation(tiny_model_dir):
     from alignment.config import ModelConfig
 
+    # load_model forbids bitsandbytes' implicit repacking (cpu_4bit.py), which kills this gradient.
     model = load_model(ModelConfig(name=str(tiny_model_dir), quantization="4bit"), head="score")
-    use_cpu_4bit_inference_kernel(model, False)
     layer = model.model.layers[0].mlp.down_proj
     x = torch.randn(2, 3, layer.in_features, requires_grad=True)
     layer.eval()
