@@ -39,6 +39,7 @@ from alignment.models import (
     load_model,
     load_tokenizer,
     resolve_model,
+    trainer_precision,
 )
 from alignment.preferences import Comparison, PreferenceData, read_preferences
 from alignment.rm import _hold_out
@@ -159,8 +160,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         warmup_steps=cfg.warmup_ratio,  # a value below 1 is a share of the steps
         weight_decay=cfg.weight_decay,
         activation_checkpointing=cfg.gradient_checkpointing,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        **trainer_precision(recipe.model),
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if evaluation is not None else "no",
         eval_steps=cfg.eval_steps,
@@ -180,9 +180,12 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     )
     if "ref" not in trainer.model.peft_config:
         raise RunStateError(f"{sft_dir}: DPOTrainer made no frozen reference copy of this adapter")
-    # TRL casts a quantized model's trainable adapter to bf16; the reference copy stays as loaded.
-    # Keeping both in the compute dtype makes policy and reference agree exactly at step 0.
+    # TRL casts a quantized model's trainable adapter to bf16, and PEFT loads the reference copy in
+    # float32. Keeping both in the compute dtype makes policy and reference agree exactly at step 0.
     keep_trainable_params_in(trainer.model, dtype)
+    for name, param in trainer.model.named_parameters():
+        if ".ref." in name:
+            param.data = param.data.to(dtype)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log.warning(

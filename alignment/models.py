@@ -142,12 +142,26 @@ def base_model_id(model_cfg: ModelConfig) -> str:
     return embedded.hub_id if embedded else model_cfg.name
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 matmuls run ~3x faster than float32 (bench/RESULTS.md);
+    without them bfloat16 is emulated and about 2x slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
 def compute_dtype(model_cfg: ModelConfig) -> torch.dtype:
     if model_cfg.dtype != "auto":
         return getattr(torch, model_cfg.dtype)
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def trainer_precision(model_cfg: ModelConfig) -> dict[str, bool]:
+    """The Trainer's mixed-precision flags. Autocast is a GPU matter: on CPU the base is loaded in
+    the compute dtype and runs in it (transformers refuses bf16=True on CPU without use_cpu)."""
+    dtype, gpu = compute_dtype(model_cfg), torch.cuda.is_available()
+    return {"bf16": gpu and dtype == torch.bfloat16, "fp16": gpu and dtype == torch.float16}
 
 
 def quantization_config(model_cfg: ModelConfig) -> BitsAndBytesConfig | None:

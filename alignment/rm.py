@@ -66,6 +66,7 @@ from alignment.models import (
     load_tokenizer,
     peft_config,
     resolve_model,
+    trainer_precision,
 )
 from alignment.preferences import Comparison, Conversation, PreferenceData, read_preferences
 from alignment.runs import (
@@ -520,9 +521,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         weight_decay=cfg.weight_decay,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         gradient_checkpointing=cfg.gradient_checkpointing,
-        # Mixed precision is a GPU matter; on CPU the base simply runs in its dtype.
-        bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
-        fp16=dtype == torch.float16 and torch.cuda.is_available(),
+        **trainer_precision(recipe.model),
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if eval_rows else "no",
         eval_steps=cfg.eval_steps,

@@ -23,6 +23,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, TaskType, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
+from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from alignment.errors import RunStateError
@@ -86,8 +87,12 @@ class RoleModel(nn.Module):
                 raise RunStateError(
                     f"{rm_dir}: adapter weights do not fit the base model: {incompatible.unexpected_keys[:3]}"
                 )
-        # Heads run in float32 whatever the base's compute dtype: they are tiny and scores need precision.
-        self.reward_head = nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
+        # The reward role computes in the dtype the RM trained in, so it scores as `align rm` does.
+        for name, param in self.peft.named_parameters():
+            if ".reward." in name:
+                param.data = param.data.to(head.dtype)
+        self.reward_head = nn.Linear(head.shape[1], 1, bias=False, dtype=head.dtype)
+        # The trainable value head keeps float32 master weights whatever the compute dtype.
         self.value_head = nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
         with torch.no_grad():
             self.reward_head.weight.copy_(head)
@@ -143,13 +148,15 @@ class RoleModel(nn.Module):
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int
     ) -> torch.Tensor:
-        """LM logits of the active role for the last `keep_last` positions only (the answer)."""
-        return self.peft(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=_positions(attention_mask),
-            logits_to_keep=keep_last,
-        ).logits
+        """LM logits of the active role for the last `keep_last` positions only (the answer).
+
+        The head runs in float32 whatever the compute dtype: bfloat16 logits near 20 are spaced
+        0.125 apart, far coarser than the log-prob ratios and KL that PPO reads from them.
+        """
+        hidden = self.hidden(input_ids, attention_mask)[:, -keep_last:]
+        head = self.peft.base_model.model.get_output_embeddings()
+        bias = None if head.bias is None else head.bias.float()
+        return F.linear(hidden.float(), head.weight.float(), bias)
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.role("value"):
@@ -160,7 +167,8 @@ class RoleModel(nn.Module):
         with self.role("reward"):
             hidden = self.hidden(input_ids, attention_mask)
         last = last_token_index(attention_mask)
-        return self.reward_head(hidden[torch.arange(len(hidden)), last].float()).squeeze(-1)
+        last_hidden = hidden[torch.arange(len(hidden)), last].to(self.reward_head.weight.dtype)
+        return self.reward_head(last_hidden).squeeze(-1).float()
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from alignment.models import (
     load_tokenizer,
     peft_config,
     resolve_model,
+    trainer_precision,
 )
 from alignment.runs import metric_callbacks, start_stage, write_model_card, write_summary
 
@@ -48,9 +49,9 @@ def checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
 def keep_trainable_params_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Undo TRL's cast of QLoRA adapters to bf16 where compute runs in another dtype.
 
-    On CPU, compute is float32: bf16 adapters lose precision in every optimizer update, break a
-    float32 head, and without native bf16 (AVX512-BF16/AMX) slow each LoRA matmul about 2.4x (with
-    it they are ~1.2x faster). On GPU with bf16 compute this is a no-op.
+    With float32 compute (CPUs without native bf16), bf16 adapters would lose precision in every
+    optimizer update, break a float32 head and slow each LoRA matmul about 2.4x. With bf16 compute
+    this is a no-op.
     """
     for param in model.parameters():
         if param.requires_grad and param.dtype != dtype:
@@ -128,8 +129,7 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=cfg.padding_free,
         activation_checkpointing=cfg.gradient_checkpointing,
-        bf16=compute_dtype(recipe.model) == torch.bfloat16,
-        fp16=compute_dtype(recipe.model) == torch.float16,
+        **trainer_precision(recipe.model),
         logging_steps=cfg.logging_steps,
         eval_strategy="steps" if evaluation is not None else "no",
         eval_steps=cfg.eval_steps,

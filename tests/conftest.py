@@ -104,6 +104,7 @@ def tiny_recipe(tmp_path: Path, tiny_model_dir: Path, demos_file: Path) -> Path:
 run_dir: {tmp_path / "run"}
 model:
   name: {tiny_model_dir}
+  dtype: float32  # exact comparisons with float32 reloads; `auto` runs in test_chain and test_ppo
 lora:
   r: 4
   alpha: 8

@@ -53,7 +53,7 @@ def dpo_base(tmp_path_factory, tiny_model_dir):
     recipe_path.write_text(
         f"""name: dpo-test
 run_dir: {root / "run"}
-model: {{name: {tiny_model_dir}}}
+model: {{name: {tiny_model_dir}, dtype: float32}}  # compared with float32 reloads
 lora: {{r: 4, alpha: 8}}
 sft: {{data: {demos}, max_steps: 2, batch_size: 4, eval_fraction: 0}}
 dpo:

@@ -37,7 +37,9 @@ def random_reward_adapter(model_dir: Path, out: Path, seed: int = 0) -> Path:
         init_lora_weights=False,
     )
     get_peft_model(base, config).save_pretrained(out)
-    (out / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0}))
+    # Built in float32, so it is scored in float32 (the model entry is what `align rm` records).
+    model = {"name": str(model_dir), "dtype": "float32"}
+    (out / "reward_stats.json").write_text(json.dumps({"mean": 0.0, "std": 1.0, "model": model}))
     return out
 
 
@@ -64,7 +66,7 @@ def ppo_base(tmp_path_factory, tiny_model_dir):
     recipe_path.write_text(
         f"""name: ppo-test
 run_dir: {root / "run"}
-model: {{name: {tiny_model_dir}}}
+model: {{name: {tiny_model_dir}, dtype: float32}}  # compared with float32 reference models
 lora: {{r: 4, alpha: 8}}
 sft: {{data: {demos}, max_steps: 2, batch_size: 4, eval_fraction: 0}}
 ppo:

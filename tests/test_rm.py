@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from alignment.cli import main
 from alignment.config import load_recipe
 from alignment.errors import RunStateError
-from alignment.models import load_model, peft_config
+from alignment.models import compute_dtype, load_model, peft_config
 from alignment.preferences import SKIP_EMPTY, SKIP_IDENTICAL, Comparison, read_preferences
 from alignment.rm import (
     STATS_FILE,
@@ -305,8 +305,9 @@ def test_4bit_on_cpu_trains_and_reloads_to_the_same_scores(tmp_path, tiny_model_
     assert outcome.summary["steps"] == 4
     assert torch.isfinite(torch.tensor(outcome.summary["train_loss"]))
     trainable = {n: p.dtype for n, p in outcome.model.named_parameters() if p.requires_grad}
-    # The compute dtype (float32 on CPU), not TRL's bf16 cast, which breaks the head on CPU.
-    assert any("score" in n for n in trainable) and set(trainable.values()) == {torch.float32}
+    # The compute dtype, not TRL's bf16 cast, which breaks a float32 head on CPU.
+    dtype = compute_dtype(load_recipe(recipe).model)
+    assert any("score" in n for n in trainable) and set(trainable.values()) == {dtype}
 
     model, tokenizer, stats = load_reward_model(outcome.out_dir)
     assert stats["model"]["quantization"] == "4bit"
