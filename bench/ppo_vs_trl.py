@@ -2,7 +2,8 @@
 
     python bench/ppo_vs_trl.py [--updates 8] [--batch-size 8] [--max-new-tokens 32]
 
-SmolLM2-135M-Instruct (the embedded model), fp32 on both sides, the same prompts per update,
+SmolLM2-135M-Instruct (the embedded model), unquantized and in one dtype on both sides (`--dtype`,
+default what `model.dtype: auto` picks on this machine), the same prompts per update,
 rollout batch, minibatch, PPO epochs, answer length, learning rate, KL coefficient, unfinished-
 answer penalty and normalised reward. Ours holds policy, reference, reward and value as four
 LoRA adapters on one base model; TRL (its last PPO, `trl.experimental.ppo` in 1.12.0, installed
@@ -10,7 +11,7 @@ once into its own venv) holds a LoRA policy, a full reward model and a full valu
 in full, and uses the policy with its adapter disabled as reference.
 
 Prepared once and cached (under $ALIGNMENT_CACHE_DIR or ~/.cache/alignment): the SFT and reward
-adapters (`align run recipes/quickstart.yaml --until rm`, shortened, fp32), the reward adapter
+adapters (`align run recipes/quickstart.yaml --until rm`, shortened, unquantized), the reward adapter
 merged into a full AutoModelForSequenceClassification for TRL, and the TRL venv.
 
 Both sides run at the same time, one torch thread each (`--threads`), so the load of a shared
@@ -40,13 +41,13 @@ from common import ROOT, Measured, machine, run_measured, threads_env
 from alignment.config import ModelConfig, PPOConfig
 from alignment.data import read_prompts
 from alignment.generation import GenerationSettings, encode_prompt, generate
-from alignment.models import cache_root, load_tokenizer, resolve_model
+from alignment.models import cache_root, compute_dtype, load_tokenizer, resolve_model
 from alignment.ppo import PPORun
 
 TRL_VERSION = "1.12.0"
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
-# Prep of the SFT and reward adapters: a few minutes on 2 cores, not a good model. fp32 so the
-# adapters fit the fp32 base both sides run on.
+# Prep of the SFT and reward adapters: a few minutes on 2 cores, not a good model. Unquantized, so
+# the adapters fit the plain base both sides run on.
 PREP_OVERRIDES = [
     "model.quantization=none",
     "sft.max_steps=8",
@@ -70,14 +71,17 @@ def log(message: str) -> None:
 # --- cached preparation ------------------------------------------------------------------------
 
 
-def prepare_adapters(cache: Path) -> Path:
-    """The run directory holding sft/ and rm/ adapters, made with our own chain once."""
-    run_dir = cache / "run"
+def prepare_adapters(cache: Path, dtype: str) -> Path:
+    """The run directory holding sft/ and rm/ adapters, made with our own chain once per dtype."""
+    run_dir = cache / f"run-{dtype}"
     ready = [run_dir / "sft" / "adapter_config.json", run_dir / "rm" / "reward_stats.json"]
     if all(path.is_file() for path in ready):
         return run_dir
     log(f"preparing SFT and reward adapters in {run_dir} (once; a few minutes)")
-    command = ["align", "run", str(RECIPE), f"run_dir={run_dir}", *PREP_OVERRIDES, "--until", "rm"]
+    command = [
+        "align", "run", str(RECIPE), f"run_dir={run_dir}", f"model.dtype={dtype}",
+        *PREP_OVERRIDES, "--until", "rm",
+    ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0 or not all(path.is_file() for path in ready):
         sys.exit(f"preparation failed: {' '.join(command)}\n{(done.stdout + done.stderr)[-3000:]}")
@@ -116,7 +120,7 @@ def merged_reward_model(cache: Path, rm_dir: Path) -> Path:
 
     from alignment.rm import load_reward_model, score
 
-    target = cache / "reward-merged"
+    target = cache / f"reward-merged-{rm_dir.parent.name}"
     stamp = str((rm_dir / "adapter_model.safetensors").stat().st_mtime_ns)
     if (target / "source.txt").is_file() and (target / "source.txt").read_text() == stamp:
         return target
@@ -167,6 +171,7 @@ def prompt_batches(
 def run_ours(args: argparse.Namespace, run_dir: Path, work: Path) -> tuple[Measured, list[dict]]:
     command = [
         "align", "ppo", str(RECIPE), f"run_dir={work / 'align'}", "model.quantization=none",
+        f"model.dtype={args.dtype}",
         f"ppo.sft_adapter={run_dir / 'sft'}", f"ppo.reward_adapter={run_dir / 'rm'}",
         f"ppo.prompts={args.prompts}", f"ppo.updates={args.updates}",
         f"ppo.rollout_batch_size={args.batch_size}", f"ppo.minibatch_size={args.minibatch_size}",
@@ -191,6 +196,7 @@ def run_trl(
     stats = json.loads((run_dir / "rm" / "reward_stats.json").read_text())
     spec = {
         "model_dir": resolve_model(ModelConfig()),
+        "dtype": args.dtype,
         "sft_adapter": str(run_dir / "sft"),
         "reward_model": str(reward_dir),
         "reward_mean": stats["mean"],
@@ -281,6 +287,12 @@ def main() -> None:
     parser.add_argument("--eval-count", type=int, default=24, help="held-out prompts re-scored")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="both sides' compute dtype; default: what model.dtype=auto picks here",
+    )
+    parser.add_argument(
         "--cache", type=Path, default=None, help="default: <alignment cache>/bench-ppo"
     )
     args = parser.parse_args()
@@ -290,10 +302,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)  # the re-scoring below runs in this process
+    args.dtype = args.dtype or str(compute_dtype(ModelConfig())).removeprefix("torch.")
     for name in ("prompts", "eval_prompts"):  # the children run in ROOT; so do these paths
         setattr(args, name, str(ROOT / getattr(args, name)))
     cache = args.cache or cache_root(ModelConfig()) / "bench-ppo"
-    run_dir = prepare_adapters(cache)
+    run_dir = prepare_adapters(cache, args.dtype)
     python = trl_python(cache_root(ModelConfig()))
     reward_dir = merged_reward_model(cache, run_dir / "rm")
     tokenizer = load_tokenizer(ModelConfig())
@@ -344,7 +357,7 @@ def main() -> None:
     per_phase = {p: mean(m[p] for m in ours_metrics) for p in phases}
     print(f"## PPO benchmark, {date.today()}, {machine()}")
     print(
-        f"SmolLM2-135M-Instruct, fp32, {args.updates} updates x {args.batch_size} prompts, "
+        f"SmolLM2-135M-Instruct, {args.dtype}, {args.updates} updates x {args.batch_size} prompts, "
         f"minibatch {args.minibatch_size}, {args.ppo_epochs} PPO epochs, {args.max_new_tokens} "
         f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}; both sides at once, "
         f"{args.threads} torch thread(s) each; reward re-scored on "

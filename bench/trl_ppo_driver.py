@@ -74,14 +74,12 @@ class UpdateTimer(TrainerCallback):
         self.last = now
 
 
-def normalised_reward_model(path: str, mean: float, std: float) -> nn.Module:
+def normalised_reward_model(path: str, mean: float, std: float, dtype: torch.dtype) -> nn.Module:
     """The merged reward model with the RM's stored statistics folded into its score head, so TRL
     maximises the same normalised score as `align ppo` (TRL itself has no reward normalisation)."""
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch.float32
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
     weight = model.score.weight.detach()
-    head = nn.Linear(weight.shape[1], 1, bias=True, dtype=torch.float32)
+    head = nn.Linear(weight.shape[1], 1, bias=True, dtype=dtype)
     with torch.no_grad():
         head.weight.copy_(weight / std)
         head.bias.fill_(-mean / std)
@@ -98,11 +96,15 @@ def main() -> None:
     tokenizer.pad_token = spec["pad_token"]
     tokenizer.padding_side = "left"  # TRL generates from left-padded queries
 
-    base = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    # Every model in the benchmark's dtype, as ours loads its base; no autocast (bf16=False below).
+    dtype = getattr(torch, spec["dtype"])
+    base = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype)
     policy = PeftModel.from_pretrained(base, spec["sft_adapter"], is_trainable=True)
-    reward = normalised_reward_model(spec["reward_model"], spec["reward_mean"], spec["reward_std"])
+    reward = normalised_reward_model(
+        spec["reward_model"], spec["reward_mean"], spec["reward_std"], dtype
+    )
     value = AutoModelForSequenceClassification.from_pretrained(
-        spec["reward_model"], num_labels=1, dtype=torch.float32
+        spec["reward_model"], num_labels=1, dtype=dtype
     )  # TRL's value model: a full copy of the (raw) reward model, trained in full
 
     batches: list[list[list[int]]] = spec["prompt_batches"]
@@ -135,7 +137,7 @@ def main() -> None:
         gamma=1.0,
         lam=0.95,
         num_sample_generations=0,  # no extra sampling passes inside the timed loop
-        bf16=False,  # fp32, as our side; PPOConfig defaults to bf16
+        bf16=False,  # no autocast: the models are loaded in the benchmark's dtype, as ours
         gradient_checkpointing=False,
         logging_steps=1,
         save_strategy="no",
