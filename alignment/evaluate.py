@@ -22,7 +22,7 @@ from alignment.data import read_prompts
 from alignment.errors import RunStateError
 from alignment.generation import GenerationSettings, encode_prompt, generate
 from alignment.judges import build_scorer, reward_scorer
-from alignment.models import load_model, load_tokenizer, resolve_model
+from alignment.models import float32_logits, load_model, load_tokenizer, resolve_model
 from alignment.runs import append_jsonl
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def kl_along(
     logits = {}
     for name in (policy, reference):
         model.set_adapter(name)
-        logits[name] = model(input_ids=ids, logits_to_keep=len(answer) + 1).logits[0, :-1].float()
+        logits[name] = float32_logits(model, ids, keep_last=len(answer) + 1)[0, :-1]
     log_p, log_q = F.log_softmax(logits[policy], -1), F.log_softmax(logits[reference], -1)
     return (log_p.exp() * (log_p - log_q)).sum().item()
 

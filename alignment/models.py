@@ -157,6 +157,35 @@ def compute_dtype(model_cfg: ModelConfig) -> torch.dtype:
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
+def float32_logits(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    keep_last: int = 0,
+) -> torch.Tensor:
+    """LM logits of the last `keep_last` positions (all if 0) with the head run in float32.
+
+    Log-prob ratios and KL read from bfloat16 logits are coarse: near 20 they are 0.125 apart.
+    The body still runs in the compute dtype; only the (frozen, unquantized) head is upcast.
+    `model` may be a PeftModel, whose active adapter is used.
+    """
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = (
+        lm.get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+        .last_hidden_state[:, -keep_last:]
+        .float()
+    )
+    head = lm.get_output_embeddings()
+    bias = None if head.bias is None else head.bias.float()
+    logits = torch.nn.functional.linear(hidden, head.weight.float(), bias)
+    if cap := getattr(lm.config, "final_logit_softcapping", None):  # Gemma 2 and 3
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
 def trainer_precision(model_cfg: ModelConfig) -> dict[str, bool]:
     """The Trainer's mixed-precision flags. Autocast is a GPU matter: on CPU the base is loaded in
     the compute dtype and runs in it (transformers refuses bf16=True on CPU without use_cpu)."""

@@ -611,13 +611,13 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
 
 
 def load_reward_model(
-    path: str | Path, quantization: str | None = None
+    path: str | Path, quantization: str | None = None, dtype: str | None = None
 ) -> tuple[PeftModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """(model in eval mode, tokenizer, stats) of a reward adapter directory.
 
     Reads the base model settings from reward_stats.json; a directory without one (e.g. from
     `trl reward`) uses adapter_config.json's base model with default settings. `quantization`
-    overrides the recorded quantization.
+    overrides the recorded quantization, `dtype` the recorded compute dtype.
     """
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
@@ -638,8 +638,8 @@ def load_reward_model(
         model_cfg = ModelConfig.model_validate(stats["model"])
     else:
         model_cfg = ModelConfig(name=adapter.base_model_name_or_path)
-    if quantization is not None:
-        model_cfg = model_cfg.model_copy(update={"quantization": quantization})
+    overrides = {"quantization": quantization, "dtype": dtype}
+    model_cfg = model_cfg.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     has_tokenizer = (path / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(model_cfg, str(path) if has_tokenizer else None)
     with suppress_seqcls_warning():

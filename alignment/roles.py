@@ -23,10 +23,10 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, TaskType, set_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import nn
-from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from alignment.errors import RunStateError
+from alignment.models import float32_logits
 
 ROLES = ("policy", "reference", "reward", "value")
 TRAINABLE_ROLES = ("policy", "value")
@@ -148,15 +148,10 @@ class RoleModel(nn.Module):
     def logits(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int
     ) -> torch.Tensor:
-        """LM logits of the active role for the last `keep_last` positions only (the answer).
-
-        The head runs in float32 whatever the compute dtype: bfloat16 logits near 20 are spaced
-        0.125 apart, far coarser than the log-prob ratios and KL that PPO reads from them.
-        """
-        hidden = self.hidden(input_ids, attention_mask)[:, -keep_last:]
-        head = self.peft.base_model.model.get_output_embeddings()
-        bias = None if head.bias is None else head.bias.float()
-        return F.linear(hidden.float(), head.weight.float(), bias)
+        """LM logits (float32 head) of the active role for the last `keep_last` positions only."""
+        return float32_logits(
+            self.peft, input_ids, attention_mask, _positions(attention_mask), keep_last
+        )
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         with self.role("value"):

@@ -125,7 +125,8 @@ def merged_reward_model(cache: Path, rm_dir: Path) -> Path:
     if (target / "source.txt").is_file() and (target / "source.txt").read_text() == stamp:
         return target
     log(f"merging {rm_dir} into {target}")
-    adapter_model, tokenizer, _ = load_reward_model(rm_dir, quantization="none")
+    # Merged in float32, so the merge adds no rounding; TRL loads it in the benchmark's dtype.
+    adapter_model, tokenizer, _ = load_reward_model(rm_dir, quantization="none", dtype="float32")
     probe = [
         [{"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": "A pear."}],
         [
