@@ -401,8 +401,9 @@ def test_hh_recipe_on_real_smollm2_and_human_data(tmp_path):
     model, tokenizer, _ = load_reward_model(outcome.out_dir)
     comparison = read_preferences(str(test)).comparisons[0]
     conversations = [comparison.conversation(0), comparison.conversation(1)]
-    # bfloat16 compute (this recipe): the reloaded adapter runs in bf16 as in training, so exactly.
-    assert next(p for n, p in model.named_parameters() if "lora_A" in n).dtype == torch.bfloat16
+    # The reloaded adapter runs in the compute dtype it trained in (bf16 where native), so exactly.
+    lora_dtype = next(p for n, p in model.named_parameters() if "lora_A" in n).dtype
+    assert lora_dtype == compute_dtype(recipe.model)
     torch.testing.assert_close(
         score(model, tokenizer, conversations, max_length=64),
         score(outcome.model, tokenizer, conversations, max_length=64),
