@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
 from alignment.config import Recipe
-from alignment.cpu_memory import return_freed_tensors_to_os
+from alignment.cpu_memory import release_freed_heap, return_freed_tensors_to_os
 from alignment.data import Messages, read_prompts
 from alignment.errors import AlignmentError, DataError, RunStateError
 from alignment.generation import GenerationSettings, encode_prompt, generate
@@ -267,6 +267,7 @@ class PPORun:
             completions = generate(
                 model.peft, self.tokenizer, [ids for _, ids in batch], self.settings, seeds
             )
+        release_freed_heap()
         answers, finished = [], []
         eos = self.tokenizer.eos_token_id
         for completion in completions:
@@ -413,9 +414,11 @@ class PPORun:
 
     def step(self) -> tuple[dict[str, float], Rollouts]:
         rollouts, metrics = self.rollout()
+        release_freed_heap()  # each phase frees what the next would otherwise pile on top of
         metrics |= self.advantages(rollouts)
         started = time.perf_counter()
         metrics |= self.train(rollouts)
+        release_freed_heap()
         metrics["seconds_train"] = time.perf_counter() - started
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         lengths = rollouts.mask.sum(1)
