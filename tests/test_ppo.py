@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from alignment.config import load_recipe
 from alignment.errors import DataError, RunStateError
-from alignment.models import load_model, load_tokenizer
+from alignment.models import _Float32Head, float32_logits, load_model, load_tokenizer
 from alignment.ppo import PPORun, pack, run_ppo, truncate_at_stop
 from alignment.rm import load_reward_model, score
 from alignment.roles import RoleModel, last_token_index
@@ -368,3 +368,27 @@ ppo:
     last = sum(h["reward_raw"] for h in history[-4:]) / 4
     assert last > first + 0.5, [round(h["reward_raw"], 3) for h in history]
     assert max(h["kl"] for h in history) < 5.0  # nats per 6-token answer
+
+
+def test_float32_head_matches_a_float32_linear_forward_and_backward(tiny_model_dir):
+    # bf16 body, head upcast block by block: same logits and hidden gradients as a float32 copy.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    model.requires_grad_(False)  # a frozen head, as under LoRA
+    ids = torch.tensor([[3, 5, 7, 9, 11], [4, 6, 8, 10, 12]])
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state[:, -3:].float()
+    hidden.requires_grad_(True)
+    weight = model.get_output_embeddings().weight
+    grad = torch.randn(2, 3, weight.shape[0])
+
+    logits = float32_logits(model, ids, keep_last=3)
+    expected = torch.nn.functional.linear(hidden, weight.float())
+    torch.testing.assert_close(logits, expected)
+
+    _Float32Head.BLOCK, block = 7, _Float32Head.BLOCK  # several blocks, the last one partial
+    try:
+        mine = hidden.detach().requires_grad_(True)
+        (_Float32Head.apply(mine, weight) * grad).sum().backward()
+    finally:
+        _Float32Head.BLOCK = block
+    (expected * grad).sum().backward()
+    torch.testing.assert_close(mine.grad, hidden.grad)
