@@ -31,7 +31,6 @@ from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from alignment.config import Recipe
-from alignment.cpu_memory import return_freed_tensors_to_os
 from alignment.errors import DataError, RunStateError
 from alignment.hub import resolve_adapter
 from alignment.models import (
@@ -124,8 +123,6 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     """Train the SFT adapter with DPO on preference pairs and save it to <run_dir>/dpo."""
     cfg = recipe.dpo
     set_seed(recipe.seed)
-    if not torch.cuda.is_available():
-        return_freed_tensors_to_os()  # as in SFT: glibc would keep freed activations resident
     # All data is read and checked before the (slow) model load, so bad rows fail fast.
     data, train_comparisons, eval_comparisons = _read(recipe)
     check_one_kind([*train_comparisons, *eval_comparisons])

@@ -58,7 +58,6 @@ from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
 from alignment.config import LoraConfig, ModelConfig, Recipe
-from alignment.cpu_memory import return_freed_tensors_to_os
 from alignment.errors import ModelSourceError, RecipeError, RunStateError
 from alignment.models import (
     base_model_id,
@@ -475,8 +474,6 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
             "model.attn_implementation=sdpa or rm.share_prefix=false"
         )
     set_seed(recipe.seed)
-    if not torch.cuda.is_available():
-        return_freed_tensors_to_os()  # as in SFT: glibc would keep freed activations resident
     # Read and check all data before the (slow) model load, so bad rows fail fast.
     train_data = read_preferences(cfg.data, cfg.data_split, cfg.format)
     eval_data: PreferenceData | None = None
