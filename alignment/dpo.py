@@ -35,6 +35,7 @@ from alignment.errors import DataError, RunStateError
 from alignment.hub import resolve_adapter
 from alignment.models import (
     base_model_id,
+    cast_adapter,
     compute_dtype,
     load_model,
     load_tokenizer,
@@ -183,9 +184,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     # TRL casts a quantized model's trainable adapter to bf16, and PEFT loads the reference copy in
     # float32. Keeping both in the compute dtype makes policy and reference agree exactly at step 0.
     keep_trainable_params_in(trainer.model, dtype)
-    for name, param in trainer.model.named_parameters():
-        if ".ref." in name:
-            param.data = param.data.to(dtype)
+    cast_adapter(trainer.model, "ref", dtype)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
         log.warning(

@@ -218,6 +218,13 @@ def float32_logits(
     return logits
 
 
+def cast_adapter(model: torch.nn.Module, adapter: str, dtype: torch.dtype) -> None:
+    """Cast the weights of one named PEFT adapter (PEFT loads every adapter in float32)."""
+    for name, param in model.named_parameters():
+        if f".{adapter}." in name:
+            param.data = param.data.to(dtype)
+
+
 def trainer_precision(model_cfg: ModelConfig) -> dict[str, bool]:
     """The Trainer's mixed-precision flags. Autocast is a GPU matter: on CPU the base is loaded in
     the compute dtype and runs in it (transformers refuses bf16=True on CPU without use_cpu)."""

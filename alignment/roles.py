@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from alignment.errors import RunStateError
-from alignment.models import float32_logits
+from alignment.models import cast_adapter, float32_logits
 
 ROLES = ("policy", "reference", "reward", "value")
 TRAINABLE_ROLES = ("policy", "value")
@@ -88,9 +88,7 @@ class RoleModel(nn.Module):
                     f"{rm_dir}: adapter weights do not fit the base model: {incompatible.unexpected_keys[:3]}"
                 )
         # The reward role computes in the dtype the RM trained in, so it scores as `align rm` does.
-        for name, param in self.peft.named_parameters():
-            if ".reward." in name:
-                param.data = param.data.to(head.dtype)
+        cast_adapter(self.peft, "reward", head.dtype)
         self.reward_head = nn.Linear(head.shape[1], 1, bias=False, dtype=head.dtype)
         # The trainable value head keeps float32 master weights whatever the compute dtype.
         self.value_head = nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""The fast 4-bit CPU kernel serves sampling and scoring without breaking training."""
+"""The fast 4-bit CPU kernel serves sampling without breaking training."""
 
 from __future__ import annotations
 

@@ -370,7 +370,7 @@ ppo:
     assert max(h["kl"] for h in history) < 5.0  # nats per 6-token answer
 
 
-def test_float32_head_matches_a_float32_linear_forward_and_backward(tiny_model_dir):
+def test_float32_head_matches_a_float32_linear_forward_and_backward(tiny_model_dir, monkeypatch):
     # bf16 body, head upcast block by block: same logits and hidden gradients as a float32 copy.
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
     model.requires_grad_(False)  # a frozen head, as under LoRA
@@ -384,11 +384,8 @@ def test_float32_head_matches_a_float32_linear_forward_and_backward(tiny_model_d
     expected = torch.nn.functional.linear(hidden, weight.float())
     torch.testing.assert_close(logits, expected)
 
-    _Float32Head.BLOCK, block = 7, _Float32Head.BLOCK  # several blocks, the last one partial
-    try:
-        mine = hidden.detach().requires_grad_(True)
-        (_Float32Head.apply(mine, weight) * grad).sum().backward()
-    finally:
-        _Float32Head.BLOCK = block
+    monkeypatch.setattr(_Float32Head, "BLOCK", 7)  # several blocks, the last one partial
+    mine = hidden.detach().requires_grad_(True)
+    (_Float32Head.apply(mine, weight) * grad).sum().backward()
     (expected * grad).sum().backward()
     torch.testing.assert_close(mine.grad, hidden.grad)
