@@ -35,7 +35,7 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Compute dtype. auto: bfloat16 on a GPU that supports it, float16 on older "
-        "GPUs; on CPU bfloat16 where it is native (AVX512-BF16 or AMX: ~3x faster than float32), "
+        "GPUs; on CPU bfloat16 where it is native (AVX512-BF16 or AMX: 2-3x faster than float32), "
         "else float32 (emulated bfloat16 is about 2x slower).",
     )
     trust_remote_code: bool = Field(False, description="Run model code shipped with a Hub repo.")

@@ -143,7 +143,7 @@ def base_model_id(model_cfg: ModelConfig) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matmuls run ~3x faster than float32 (bench/RESULTS.md);
+    """AVX512-BF16 or AMX: a model runs 2-3x faster in bfloat16 than float32 (bench/cpu_dtype.py);
     without them bfloat16 is emulated and about 2x slower."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
