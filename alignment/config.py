@@ -44,8 +44,11 @@ class ModelConfig(Section):
         description="Jinja chat template to use instead of the tokenizer's own. A tokenizer "
         "without one gets the ChatML template (see alignment.models.DEFAULT_CHAT_TEMPLATE).",
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel."
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="Attention kernel. auto: sdpa on GPU; on CPU eager attention for short "
+        "sequences (up to 256 tokens), where it trains 1.3-2.7x faster, and sdpa for longer ones "
+        "and decoding (see alignment.attention).",
     )
     cache_dir: Path | None = Field(
         None,

@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from alignment.attention import attention_implementation
 from alignment.config import LoraConfig, ModelConfig
 from alignment.cpu_4bit import forbid_implicit_repacking
 from alignment.errors import ModelSourceError
@@ -272,7 +273,7 @@ def load_model(
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
         "dtype": compute_dtype(model_cfg),
-        "attn_implementation": model_cfg.attn_implementation,
+        "attn_implementation": attention_implementation(model_cfg.attn_implementation),
     }
     if quant is not None:
         kwargs["quantization_config"] = quant

@@ -39,6 +39,7 @@ from alignment.data import Messages, read_prompts
 from alignment.errors import AlignmentError, DataError, RunStateError
 from alignment.generation import GenerationSettings, encode_prompt, generate
 from alignment.hub import resolve_adapter
+from alignment.master_weights import MasterWeights
 from alignment.models import base_model_id, load_model, load_tokenizer, resolve_model
 from alignment.ppo_math import (
     KLController,
@@ -165,9 +166,8 @@ class PPORun:
         self._check_tokenizers()
         self.model.to(accelerator.device)
         self.reward_mean, self.reward_std, self.reward_max_length = self._reward_stats()
-        self.optimizer = torch.optim.AdamW(
-            list(self.model.named_trainable().values()), lr=cfg.learning_rate
-        )
+        self.masters = MasterWeights(self.model.named_trainable())
+        self.optimizer = torch.optim.AdamW(self.masters.parameters(), lr=cfg.learning_rate)
         steps_per_update = cfg.ppo_epochs * math.ceil(cfg.rollout_batch_size / cfg.minibatch_size)
         total_steps = cfg.updates * steps_per_update
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -397,9 +397,10 @@ class PPORun:
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"update {self.update + 1}: {what} is {loss.item()}")
         loss.backward()
+        self.masters.collect_grads()
 
     def _step(self) -> float:
-        params = list(self.model.named_trainable().values())
+        params = self.masters.parameters()
         if self.accelerator.num_processes > 1:
             # A hand-written all-reduce rather than DDP: DDP cannot follow the adapter switches
             # between the policy and value passes of one step.
@@ -408,6 +409,7 @@ class PPORun:
                     param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm).item()
         self.optimizer.step()
+        self.masters.copy_to_model()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
@@ -451,7 +453,7 @@ class PPORun:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             save_file(
-                {k: v.detach().contiguous().cpu() for k, v in self.model.named_trainable().items()},
+                {k: v.detach().contiguous().cpu() for k, v in self.masters.masters.items()},
                 staging / "trainable.safetensors",
             )
             torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
@@ -474,10 +476,11 @@ class PPORun:
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self, checkpoint: Path) -> None:
-        trainable = self.model.named_trainable()
+        masters = self.masters.masters
         for name, tensor in load_file(checkpoint / "trainable.safetensors").items():
             with torch.no_grad():
-                trainable[name].copy_(tensor)
+                masters[name].copy_(tensor)
+        self.masters.copy_to_model()
         self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=False))
         self.scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=False))
         state = json.loads((checkpoint / "state.json").read_text())
@@ -492,11 +495,12 @@ class PPORun:
     def save_policy(self, summary: dict[str, Any]) -> None:
         """The policy alone as a standard PEFT adapter: PeftModel.from_pretrained(base, dir) loads it."""
         config = self.model.peft.peft_config["policy"]
-        weights = get_peft_model_state_dict(self.model.peft, adapter_name="policy")
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in weights.items()},
-            self.out / "adapter_model.safetensors",
-        )
+        with self.masters.swapped_in():  # the float32 weights the optimizer holds
+            weights = get_peft_model_state_dict(self.model.peft, adapter_name="policy")
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in weights.items()},
+                self.out / "adapter_model.safetensors",
+            )
         config.inference_mode = True
         config.save_pretrained(self.out)
         config.inference_mode = False

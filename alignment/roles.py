@@ -87,10 +87,15 @@ class RoleModel(nn.Module):
                 raise RunStateError(
                     f"{rm_dir}: adapter weights do not fit the base model: {incompatible.unexpected_keys[:3]}"
                 )
+        # PEFT loads adapters in float32; computing them in the base's dtype spares a cast of every
+        # activation both ways (trainable ones keep float32 masters: see master_weights.py).
+        compute_dtype = base.get_input_embeddings().weight.dtype
+        for role in ("policy", "reference", "value"):
+            cast_adapter(self.peft, role, compute_dtype)
         # The reward role computes in the dtype the RM trained in, so it scores as `align rm` does.
         cast_adapter(self.peft, "reward", head.dtype)
         self.reward_head = nn.Linear(head.shape[1], 1, bias=False, dtype=head.dtype)
-        # The trainable value head keeps float32 master weights whatever the compute dtype.
+        # The value head is float32 whatever the compute dtype: it is tiny and reads float32 hidden states.
         self.value_head = nn.Linear(head.shape[1], 1, bias=False, dtype=torch.float32)
         with torch.no_grad():
             self.reward_head.weight.copy_(head)
@@ -102,7 +107,7 @@ class RoleModel(nn.Module):
             if any(f".{r}." in n for r in TRAINABLE_ROLES)
         ]
         self.trainable_set_grad()
-        self.active = "policy"
+        self.active = ""  # no role yet, so this first switch happens
         self.use_role("policy")
 
     def trainable_set_grad(self) -> None:
@@ -114,6 +119,8 @@ class RoleModel(nn.Module):
     def use_role(self, role: str) -> None:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        if role == self.active:  # a switch walks every module: ~40 ms for SmolLM2 on CPU
+            return
         # PEFT's set_adapter also toggles requires_grad; ours stays fixed: policy and value train.
         self.peft.base_model.set_adapter(role, inference_mode=True)
         self.trainable_set_grad()

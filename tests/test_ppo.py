@@ -12,6 +12,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from alignment.config import load_recipe
@@ -20,7 +21,7 @@ from alignment.models import _Float32Head, float32_logits, load_model, load_toke
 from alignment.ppo import PPORun, pack, run_ppo, truncate_at_stop
 from alignment.rm import load_reward_model, score
 from alignment.roles import RoleModel, last_token_index
-from alignment.runs import read_jsonl
+from alignment.runs import read_jsonl, start_stage
 from alignment.sft import run_sft
 from tests.conftest import ROOT, build_tiny_model
 
@@ -197,8 +198,10 @@ def test_ppo_runs_logs_and_saves_a_loadable_policy(ppo_base, tmp_path, tiny_mode
         )
 
 
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(ppo_base, tmp_path):
-    straight = run_ppo(recipe_in(ppo_base, tmp_path / "straight")).history
+# bfloat16: the adapters compute in bfloat16 and the optimizer's float32 masters are checkpointed.
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(ppo_base, tmp_path, dtype):
+    straight = run_ppo(recipe_in(ppo_base, tmp_path / "straight", f"model.dtype={dtype}")).history
 
     interrupted = tmp_path / "killed"
     shared = load_recipe(ppo_base).output_dir
@@ -211,6 +214,7 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(ppo_base, tmp_pat
         f"run_dir={interrupted}",
         f"ppo.sft_adapter={shared / 'sft'}",
         f"ppo.reward_adapter={shared / 'rm'}",
+        f"model.dtype={dtype}",
     ]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -220,12 +224,40 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(ppo_base, tmp_pat
     os.kill(child.pid, signal.SIGKILL)
     child.wait()
     with pytest.raises(RunStateError, match="pass --resume"):
-        run_ppo(recipe_in(ppo_base, interrupted))
-    resumed = run_ppo(recipe_in(ppo_base, interrupted), resume=True).history
+        run_ppo(recipe_in(ppo_base, interrupted, f"model.dtype={dtype}"))
+    resumed = run_ppo(recipe_in(ppo_base, interrupted, f"model.dtype={dtype}"), resume=True).history
     assert [h["update"] for h in resumed] == [1, 2, 3, 4]
     for a, b in zip(straight, resumed, strict=True):
         for key in ("reward", "kl", "policy_loss", "value_loss", "answer_length", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["update"], key)
+
+
+def test_bfloat16_adapters_train_through_float32_masters(ppo_base, tmp_path):
+    recipe = recipe_in(ppo_base, tmp_path, "model.dtype=bfloat16")
+    start_stage(recipe, "ppo")
+    run = PPORun(recipe, Accelerator(cpu=True))
+    adapters = {n: p for n, p in run.model.peft.named_parameters() if "lora_" in n}
+    assert {p.dtype for n, p in adapters.items() if ".reward." not in n} == {torch.bfloat16}
+    lora = {n: t for n, t in run.masters.model_tensors.items() if "lora_" in n}
+    assert lora and all(run.masters.masters[n].dtype == torch.float32 for n in lora)
+    before = {n: run.masters.masters[n].clone() for n in lora}
+
+    metrics, _ = run.step()
+    assert metrics["kl"] == 0.0  # policy and reference are the same bfloat16 weights at first
+    assert metrics["ratio_first_minibatch"] == pytest.approx(1.0, abs=1e-6)
+    masters = run.masters.masters
+    assert any(not torch.equal(before[n], masters[n]) for n in lora)  # the optimizer stepped
+    for name, tensor in lora.items():
+        assert torch.equal(tensor, masters[name].to(torch.bfloat16))  # the model runs the masters
+    assert any(not torch.equal(masters[n], t.float()) for n, t in lora.items())  # finer than bf16
+
+    run.save_policy({})
+    saved = load_file(run.out / "adapter_model.safetensors")
+    policy = {n.replace(".policy.", "."): masters[n] for n in lora if ".policy." in n}
+    assert saved.keys() == policy.keys()
+    for name, tensor in saved.items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, policy[name])
+    assert all(t.dtype == torch.bfloat16 for t in lora.values())  # saving swapped them back
 
 
 def test_bad_inputs_fail_before_any_rollout(ppo_base, tmp_path, tiny_model_dir):

@@ -1,0 +1,51 @@
+"""Attention kernel on CPU: the model's eager attention for short sequences, sdpa for the rest.
+
+PyTorch's CPU flash attention (what sdpa picks) has a slow bfloat16 backward: at 4 x 100 tokens
+a forward+backward takes 2.7x as long as eager attention's, and PPO, reward-model and short-SFT
+batches live at such lengths. Eager keeps the whole attention matrix, so its memory and time
+grow with the square of the length and past 256 keys sdpa wins (`python bench/cpu_dtype.py`).
+Decoding (one query token against the cache) stays on sdpa too.
+
+`model.attn_implementation: auto` loads CPU models with this dispatch, registered with
+transformers' attention and mask interfaces under ATTENTION_NAME.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+ATTENTION_NAME = "alignment_cpu"
+EAGER_MAX_KEYS = 256
+
+
+def short_eager_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Eager attention (the model's own, from its modeling file) for several queries over at most
+    EAGER_MAX_KEYS keys; sdpa otherwise. Both take the additive float mask that eager_mask builds."""
+    eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if eager is not None and query.shape[2] > 1 and key.shape[2] <= EAGER_MAX_KEYS:
+        return eager(module, query, key, value, attention_mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTENTION_NAME, short_eager_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, eager_mask)
+
+
+def attention_implementation(configured: str) -> str:
+    """The `attn_implementation` to load a model with: `auto` is this dispatch on CPU, sdpa on GPU."""
+    if configured != "auto":
+        return configured
+    return "sdpa" if torch.cuda.is_available() else ATTENTION_NAME
