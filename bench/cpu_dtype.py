@@ -5,8 +5,11 @@
 SmolLM2-135M-Instruct (the embedded model) with a LoRA adapter (r=16, all linear layers) on a
 batch of 4 x 128 random tokens: seconds per forward and per forward+backward, float32 against
 bfloat16, unquantized and 4-bit NF4; then, in bfloat16, a LoRA forward+backward (dropout 0.05 in
-train mode, and dropout off as PPO runs it) against training every weight of the full model.
-Ratios are against float32 (first table) and against the full model (second), measured in this run.
+train mode, and dropout off as PPO runs it) against training every weight of the full model;
+last, the attention kernels behind `model.attn_implementation` (sdpa, eager, and auto, which on CPU
+picks eager up to 256 keys) on a bf16 LoRA forward+backward at short and long lengths.
+Ratios are against float32 (first table), the full model (second) and sdpa (third), measured in
+this run.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import time
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 import torch
 from common import machine
@@ -43,8 +47,13 @@ def timings(model: torch.nn.Module, ids: torch.Tensor, repeats: int) -> tuple[fl
     return seconds(forward, repeats), seconds(forward_backward, repeats)
 
 
-def lora(quantization: str, dtype: str, dropout: float) -> torch.nn.Module:
-    base = load_model(ModelConfig(quantization=quantization, dtype=dtype))
+def padded_step(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+
+
+def lora(quantization: str, dtype: str, dropout: float, attention: str = "sdpa") -> torch.nn.Module:
+    config = ModelConfig(quantization=quantization, dtype=dtype, attn_implementation=attention)
+    base = load_model(config)
     return get_peft_model(base, peft_config(LoraConfig(r=16, alpha=32, dropout=dropout)))
 
 
@@ -83,6 +92,24 @@ def main() -> None:
     print("| --- | --- | --- |")
     for label, value in results.items():
         print(f"| {label} | {value:.2f} | {value / baseline:.2f}x |")
+
+    print(
+        "\n| bf16 LoRA fwd+bwd, 1 padded row per batch | sdpa s | eager s | auto s | auto vs sdpa |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    models = {name: lora("none", "bfloat16", 0.0, name) for name in ("sdpa", "eager", "auto")}
+    for rows, length in ((4, 100), (4, 256), (4, 512)):
+        batch = torch.randint(100, 40000, (rows, length))
+        mask = torch.ones_like(batch)
+        mask[0, : length // 4] = 0  # left padding, as PPO's prompts have
+        figures = {}
+        for name, model in models.items():
+            model.train()
+            figures[name] = seconds(partial(padded_step, model, batch, mask), args.repeats)
+        print(
+            f"| {rows} x {length} tokens | {figures['sdpa']:.2f} | {figures['eager']:.2f} | "
+            f"{figures['auto']:.2f} | {figures['auto'] / figures['sdpa']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """PPO memory, speed and reward gain: `align ppo` against TRL 1.12.0's PPOTrainer, side by side.
 
-    python bench/ppo_vs_trl.py [--updates 8] [--batch-size 8] [--max-new-tokens 32]
+    python bench/ppo_vs_trl.py [--seeds 42 1 2] [--updates 8] [--batch-size 8] [--max-new-tokens 32]
 
 SmolLM2-135M-Instruct (the embedded model), unquantized and in one dtype on both sides (`--dtype`,
 default what `model.dtype: auto` picks on this machine), the same prompts per update,
@@ -18,7 +18,8 @@ Both sides run at the same time, one torch thread each (`--threads`), so the loa
 CPU falls on both alike. Figures: peak RSS of each child process (wait4); seconds per update
 from each side's own logs (model loading excluded); reward gain = mean reward-model score of the
 final policy's greedy answers to held-out prompts minus that of the SFT policy (same reward
-model, same scoring code).
+model, same scoring code). One pair of runs per seed (default three: one seed's gain swings by
+0.2 either way); memory is the peak over seeds, the other figures their mean.
 """
 
 from __future__ import annotations
@@ -151,14 +152,14 @@ def merged_reward_model(cache: Path, rm_dir: Path) -> Path:
 
 
 def prompt_batches(
-    tokenizer: Any, prompts: str, updates: int, batch_size: int
+    tokenizer: Any, prompts: str, updates: int, batch_size: int, seed: int
 ) -> list[list[list[int]]]:
     """Token ids of the prompts `align ppo` rolls out at each update, from its own code."""
     encoded = [encode_prompt(tokenizer, messages) for _, messages in read_prompts(prompts)]
     stand_in = SimpleNamespace(
         cfg=PPOConfig(prompts=prompts, rollout_batch_size=batch_size),
         accelerator=SimpleNamespace(num_processes=1, process_index=0),
-        recipe=SimpleNamespace(seed=42),
+        recipe=SimpleNamespace(seed=seed),
         prompts=encoded,
         update=0,
     )
@@ -169,9 +170,12 @@ def prompt_batches(
     return batches
 
 
-def run_ours(args: argparse.Namespace, run_dir: Path, work: Path) -> tuple[Measured, list[dict]]:
+def run_ours(
+    args: argparse.Namespace, run_dir: Path, seed: int, work: Path
+) -> tuple[Measured, list[dict]]:
     command = [
-        "align", "ppo", str(RECIPE), f"run_dir={work / 'align'}", "model.quantization=none",
+        "align", "ppo", str(RECIPE), f"run_dir={work / 'align'}", f"seed={seed}",
+        "model.quantization=none",
         f"model.dtype={args.dtype}",
         f"ppo.sft_adapter={run_dir / 'sft'}", f"ppo.reward_adapter={run_dir / 'rm'}",
         f"ppo.prompts={args.prompts}", f"ppo.updates={args.updates}",
@@ -192,6 +196,7 @@ def run_trl(
     run_dir: Path,
     reward_dir: Path,
     batches: list[list[list[int]]],
+    seed: int,
     work: Path,
 ) -> tuple[Measured, list[dict]]:
     stats = json.loads((run_dir / "rm" / "reward_stats.json").read_text())
@@ -213,7 +218,7 @@ def run_trl(
         "learning_rate": args.learning_rate,
         "kl_coef": args.kl_coef,
         "value_coef": 0.1,
-        "seed": 42,
+        "seed": seed,
         "output_dir": str(work / "trl"),
     }
     spec_path = work / "trl-spec.json"
@@ -288,6 +293,13 @@ def main() -> None:
     parser.add_argument("--eval-count", type=int, default=24, help="held-out prompts re-scored")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[42, 1, 2],
+        help="one pair of runs per seed (prompt order, sampling); the rows 'all' average them",
+    )
+    parser.add_argument(
         "--dtype",
         choices=["float32", "bfloat16"],
         default=None,
@@ -311,80 +323,100 @@ def main() -> None:
     python = trl_python(cache_root(ModelConfig()))
     reward_dir = merged_reward_model(cache, run_dir / "rm")
     tokenizer = load_tokenizer(ModelConfig())
-    batches = prompt_batches(tokenizer, args.prompts, args.updates, args.batch_size)
-    work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
-    log(f"work directory {work}")
+    root = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
+    log(f"work directory {root}")
 
-    # Both sides at once, one thread each on the 2 cores: the CPU is shared with other work whose
-    # load swings by minutes, and running them one after the other gave one side a quieter time.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        ours_job = pool.submit(run_ours, args, run_dir, work)
-        trl_job = pool.submit(run_trl, args, python, run_dir, reward_dir, batches, work)
-        (ours, ours_metrics), (trl, trl_updates) = ours_job.result(), trl_job.result()
-    log(f"align ppo: {ours.wall_seconds:.0f} s wall, {ours.peak_rss_mib:.0f} MiB peak")
-    log(f"TRL PPOTrainer: {trl.wall_seconds:.0f} s wall, {trl.peak_rss_mib:.0f} MiB peak")
-    log("re-scoring greedy answers of SFT and both final policies")
-    greedy = greedy_rewards(
-        {"sft": run_dir / "sft", "ours": work / "align" / "ppo", "trl": work / "trl"},
-        run_dir / "rm",
-        args.eval_prompts,
-        args.eval_count,
-        args.max_new_tokens,
-    )
-
+    rows: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
+    adapters = {"sft": run_dir / "sft"}
     phases = ("seconds_generate", "seconds_score", "seconds_train")
-    ours_seconds = mean(sum(m[p] for p in phases) for m in ours_metrics)
-    trl_seconds = mean(u["seconds"] for u in trl_updates)
-    rows = {
-        "ours": {
-            "rss": ours.peak_rss_mib,
-            "seconds": ours_seconds,
-            "gain": greedy["ours"] - greedy["sft"],
-            "train_gain": gain([m["reward"] for m in ours_metrics]),
-            "wall": ours.wall_seconds,
-        },
-        "trl": {
-            "rss": trl.peak_rss_mib,
-            "seconds": trl_seconds,
-            "gain": greedy["trl"] - greedy["sft"],
-            "train_gain": gain([u["objective/scores"] for u in trl_updates]),
-            "wall": trl.wall_seconds,
-        },
-    }
-    (work / "results.json").write_text(
+    per_phase: dict[str, list[float]] = {p: [] for p in phases}
+    for seed in args.seeds:
+        work = root / f"seed-{seed}"
+        work.mkdir()
+        batches = prompt_batches(tokenizer, args.prompts, args.updates, args.batch_size, seed)
+        # Both sides at once, one thread each on the 2 cores: the CPU is shared with other work
+        # whose load swings by minutes, and one side after the other gave one a quieter time.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            ours_job = pool.submit(run_ours, args, run_dir, seed, work)
+            trl_job = pool.submit(run_trl, args, python, run_dir, reward_dir, batches, seed, work)
+            (ours, ours_metrics), (trl, trl_updates) = ours_job.result(), trl_job.result()
+        log(f"seed {seed}: align ppo {ours.wall_seconds:.0f} s, {ours.peak_rss_mib:.0f} MiB peak")
+        log(f"seed {seed}: TRL {trl.wall_seconds:.0f} s, {trl.peak_rss_mib:.0f} MiB peak")
+        rows["ours"].append(
+            {
+                "seed": seed,
+                "rss": ours.peak_rss_mib,
+                "seconds": mean(sum(m[p] for p in phases) for m in ours_metrics),
+                "train_gain": gain([m["reward"] for m in ours_metrics]),
+                "wall": ours.wall_seconds,
+            }
+        )
+        rows["trl"].append(
+            {
+                "seed": seed,
+                "rss": trl.peak_rss_mib,
+                "seconds": mean(u["seconds"] for u in trl_updates),
+                "train_gain": gain([u["objective/scores"] for u in trl_updates]),
+                "wall": trl.wall_seconds,
+            }
+        )
+        for p in phases:
+            per_phase[p] += [m[p] for m in ours_metrics]
+        adapters |= {f"ours-{seed}": work / "align" / "ppo", f"trl-{seed}": work / "trl"}
+
+    log("re-scoring greedy answers of SFT and every final policy")
+    greedy = greedy_rewards(
+        adapters, run_dir / "rm", args.eval_prompts, args.eval_count, args.max_new_tokens
+    )
+    for side, side_rows in rows.items():
+        for row in side_rows:
+            row["gain"] = greedy[f"{side}-{row['seed']}"] - greedy["sft"]
+    (root / "results.json").write_text(
         json.dumps({"args": vars(args) | {"cache": str(cache)}, "greedy": greedy, **rows}, indent=2)
     )
-    ratio = {k: rows["ours"][k] / rows["trl"][k] for k in ("rss", "seconds", "wall")}
-    per_phase = {p: mean(m[p] for m in ours_metrics) for p in phases}
+    summary = {
+        side: {
+            "rss": max(r["rss"] for r in side_rows),
+            **{k: mean(r[k] for r in side_rows) for k in ("seconds", "gain", "train_gain", "wall")},
+        }
+        for side, side_rows in rows.items()
+    }
+    ours_sum, trl_sum = summary["ours"], summary["trl"]
+    ratio = {k: ours_sum[k] / trl_sum[k] for k in ("rss", "seconds", "wall")}
     print(f"## PPO benchmark, {date.today()}, {machine()}")
     print(
         f"SmolLM2-135M-Instruct, {args.dtype}, {args.updates} updates x {args.batch_size} prompts, "
         f"minibatch {args.minibatch_size}, {args.ppo_epochs} PPO epochs, {args.max_new_tokens} "
-        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}; both sides at once, "
-        f"{args.threads} torch thread(s) each; reward re-scored on "
-        f"{args.eval_count} held-out prompts (greedy). SFT policy's mean score: {greedy['sft']:.3f}"
+        f"new tokens, lr {args.learning_rate}, kl_coef {args.kl_coef}; seeds "
+        f"{', '.join(map(str, args.seeds))}, both sides at once, {args.threads} torch thread(s) "
+        f"each; reward re-scored on {args.eval_count} held-out prompts (greedy). SFT policy's "
+        f"mean score: {greedy['sft']:.3f}"
     )
     print(
-        "| run | peak RSS MiB | s / update | reward gain (greedy, held-out) | "
+        "| run | seed | peak RSS MiB | s / update | reward gain (greedy, held-out) | "
         "reward gain (in training, normalised) | wall s |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
-    for label, key in (("align ppo", "ours"), (f"TRL {TRL_VERSION} PPOTrainer", "trl")):
-        row = rows[key]
-        print(
-            f"| {label} | {row['rss']:.0f} | {row['seconds']:.1f} | {row['gain']:+.3f} | "
-            f"{row['train_gain']:+.3f} | {row['wall']:.0f} |"
-        )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    labels = {"ours": "align ppo", "trl": f"TRL {TRL_VERSION} PPOTrainer"}
+    for side, side_rows in rows.items():
+        for row in (
+            [*side_rows, {"seed": "all", **summary[side]}] if len(side_rows) > 1 else side_rows
+        ):
+            print(
+                f"| {labels[side]} | {row['seed']} | {row['rss']:.0f} | {row['seconds']:.1f} | "
+                f"{row['gain']:+.3f} | {row['train_gain']:+.3f} | {row['wall']:.0f} |"
+            )
     print(
-        f"| ours / TRL | {ratio['rss']:.2f}x (target <= 0.5) | {ratio['seconds']:.2f}x "
-        f"(target <= 0.8) | {rows['ours']['gain'] - rows['trl']['gain']:+.3f} (target >= 0) | "
-        f"{rows['ours']['train_gain'] - rows['trl']['train_gain']:+.3f} | {ratio['wall']:.2f}x |"
+        f"| ours / TRL | {'all' if len(args.seeds) > 1 else args.seeds[0]} | {ratio['rss']:.2f}x "
+        f"(target <= 0.5) | {ratio['seconds']:.2f}x (target <= 0.8) | "
+        f"{ours_sum['gain'] - trl_sum['gain']:+.3f} (target >= 0) | "
+        f"{ours_sum['train_gain'] - trl_sum['train_gain']:+.3f} | {ratio['wall']:.2f}x |"
     )
     print(
         "align ppo seconds per phase: "
-        + ", ".join(f"{p.removeprefix('seconds_')} {v:.1f}" for p, v in per_phase.items())
+        + ", ".join(f"{p.removeprefix('seconds_')} {mean(v):.1f}" for p, v in per_phase.items())
     )
-    print(f"details: {work / 'results.json'}")
+    print(f"details: {root / 'results.json'}")
     sys.stdout.flush()
 
 
