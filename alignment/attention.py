@@ -1,11 +1,12 @@
-"""Attention kernel on CPU: the model's eager attention for short sequences, sdpa for the rest.
+"""Attention kernel on CPU: the model's eager attention for small score matrices, sdpa otherwise.
 
 PyTorch's CPU flash attention (what sdpa picks) has a slow bfloat16 backward: for one layer at
-4 x 100 tokens a forward+backward took 13.8 ms against eager attention's 5.1 ms, and PPO,
-reward-model and short-SFT batches live at such lengths. Eager keeps the whole attention matrix,
-so its memory and time grow with the square of the length; past 256 keys sdpa is used. Decoding
-(one query token against the cache) stays on sdpa too. Whole-model figures:
-`python bench/cpu_dtype.py`.
+4 x 100 tokens a forward+backward took 13.8 ms against eager's 5.1 ms, and PPO's passes live at
+such lengths. Eager keeps the whole score matrix for the backward, though (about 6 bytes per
+score and layer), which at 8 x 256 tokens added some 0.9 GB to the reward-model stage's peak.
+So eager runs while a layer's scores (batch x heads x queries x keys) stay within
+EAGER_MAX_SCORES, which bounds its extra memory at about 6 MiB per layer; larger batches and
+decoding (one query against the cache) use sdpa. Whole-model figures: `python bench/cpu_dtype.py`.
 
 `model.attn_implementation: auto` loads CPU models with this dispatch, registered with
 transformers' attention and mask interfaces under ATTENTION_NAME.
@@ -22,7 +23,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
 
 ATTENTION_NAME = "alignment_cpu"
-EAGER_MAX_KEYS = 256
+EAGER_MAX_SCORES = 2**20  # PPO's passes fit: 8 rows x 9 heads x 110^2 tokens for SmolLM2
 
 
 def short_eager_attention(
@@ -33,10 +34,15 @@ def short_eager_attention(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Eager attention (the model's own, from its modeling file) for several queries over at most
-    EAGER_MAX_KEYS keys; sdpa otherwise. Both take the additive float mask that eager_mask builds."""
+    """Eager attention (the model's own, from its modeling file) for several queries and at most
+    EAGER_MAX_SCORES scores; sdpa otherwise. Both take the additive float mask that eager_mask builds."""
     eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if eager is not None and query.shape[2] > 1 and key.shape[2] <= EAGER_MAX_KEYS:
+    batch, heads, queries, _ = query.shape
+    if (
+        eager is not None
+        and queries > 1
+        and batch * heads * queries * key.shape[2] <= EAGER_MAX_SCORES
+    ):
         return eager(module, query, key, value, attention_mask, **kwargs)
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 

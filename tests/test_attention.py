@@ -1,8 +1,10 @@
 """`model.attn_implementation: auto` on CPU computes what sdpa and eager compute."""
 
+import math
+
 import torch
 
-from alignment.attention import ATTENTION_NAME, EAGER_MAX_KEYS
+from alignment.attention import ATTENTION_NAME, EAGER_MAX_SCORES
 from alignment.config import ModelConfig
 from alignment.models import load_model
 
@@ -19,7 +21,9 @@ def test_auto_attention_matches_sdpa_and_eager_short_long_and_decoding(tiny_mode
     short = torch.randint(3, 200, (3, 12))
     short_mask = torch.ones_like(short)
     short_mask[0, :4] = 0  # left padding
-    long = torch.randint(3, 200, (1, EAGER_MAX_KEYS + 20))  # past the eager limit: sdpa
+    heads = models["auto"].config.num_attention_heads
+    past_limit = math.isqrt(EAGER_MAX_SCORES // heads) + 20  # one row's scores past the limit: sdpa
+    long = torch.randint(3, 200, (1, past_limit))
     outputs = {}
     with torch.no_grad():
         for name, model in models.items():
