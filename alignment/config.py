@@ -46,9 +46,9 @@ class ModelConfig(Section):
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
-        description="Attention kernel. auto: sdpa on GPU; on CPU eager attention for sequences "
-        "of up to 256 tokens, where CPU flash attention's bf16 backward is slow, and sdpa for "
-        "longer ones and decoding (see alignment.attention).",
+        description="Attention kernel. auto: sdpa on GPU; on CPU eager attention while a layer's "
+        "score matrix is small (PPO's short batches), where CPU flash attention's bf16 backward "
+        "is slow, and sdpa for larger ones and decoding (see alignment.attention).",
     )
     cache_dir: Path | None = Field(
         None,

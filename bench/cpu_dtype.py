@@ -6,10 +6,11 @@ SmolLM2-135M-Instruct (the embedded model) with a LoRA adapter (r=16, all linear
 batch of 4 x 128 random tokens: seconds per forward and per forward+backward, float32 against
 bfloat16, unquantized and 4-bit NF4; then, in bfloat16, a LoRA forward+backward (dropout 0.05 in
 train mode, and dropout off as PPO runs it) against training every weight of the full model;
-last, the attention kernels behind `model.attn_implementation` (sdpa, eager, and auto, which on CPU
-picks eager up to 256 keys) on a bf16 LoRA forward+backward at short and long lengths.
-Ratios are against float32 (first table), the full model (second) and sdpa (third), measured in
-this run.
+then the attention kernels behind `model.attn_implementation` (sdpa, eager, and auto, which on
+CPU picks eager while a layer's scores stay within 2^20) on a bf16 LoRA forward+backward at short
+and long lengths; last, PEFT's LoRA forward against `alignment.fused_lora` with bf16 adapters, as
+PPO runs them. Ratios are against float32 (first table), the full model (second), sdpa (third)
+and PEFT (fourth), measured in this run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from common import machine
 from peft import get_peft_model
 
 from alignment.config import LoraConfig, ModelConfig
-from alignment.models import cpu_has_native_bf16, load_model, peft_config
+from alignment.fused_lora import fuse_lora
+from alignment.models import cast_adapter, cpu_has_native_bf16, load_model, peft_config
 
 
 def seconds(call: Callable[[], None], repeats: int) -> float:
@@ -99,21 +101,41 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     models = {name: lora("none", "bfloat16", 0.0, name) for name in ("sdpa", "eager", "auto")}
     for rows, length in ((4, 100), (4, 256), (4, 512)):
-        batch = torch.randint(100, 40000, (rows, length))
-        mask = torch.ones_like(batch)
-        mask[0, : length // 4] = 0  # left padding, as PPO's prompts have
-        # Round-robin, one step per kernel in turn: the kernels differ by 10-20%, about as much as
-        # the load on a shared CPU drifts over the minute one kernel's repeats would take.
-        times: dict[str, list[float]] = {name: [] for name in models}
-        for _ in range(args.repeats + 1):
-            for name, model in models.items():
-                model.train()
-                times[name].append(seconds(partial(padded_step, model, batch, mask), 1))
-        figures = {name: sum(values[1:]) / args.repeats for name, values in times.items()}
+        figures = round_robin(models, rows, length, args.repeats)
         print(
             f"| {rows} x {length} tokens | {figures['sdpa']:.2f} | {figures['eager']:.2f} | "
             f"{figures['auto']:.2f} | {figures['auto'] / figures['sdpa']:.2f}x |"
         )
+
+    print("\n| bf16 LoRA in bf16, auto attention, fwd+bwd | PEFT s | fused s | fused vs PEFT |")
+    print("| --- | --- | --- | --- |")
+    models = {name: lora("none", "bfloat16", 0.0, "auto") for name in ("PEFT", "fused")}
+    for model in models.values():
+        cast_adapter(model, "default", torch.bfloat16)
+    fuse_lora(models["fused"])
+    for rows, length in ((4, 100), (8, 100)):
+        figures = round_robin(models, rows, length, args.repeats)
+        print(
+            f"| {rows} x {length} tokens | {figures['PEFT']:.2f} | {figures['fused']:.2f} | "
+            f"{figures['fused'] / figures['PEFT']:.2f}x |"
+        )
+
+
+def round_robin(
+    models: dict[str, torch.nn.Module], rows: int, length: int, repeats: int
+) -> dict[str, float]:
+    """Seconds per padded training step of each model, measured one step per model in turn: the
+    variants differ by 10-20%, about as much as the load on a shared CPU drifts over the minute
+    one model's repeats would take."""
+    batch = torch.randint(100, 40000, (rows, length))
+    mask = torch.ones_like(batch)
+    mask[0, : length // 4] = 0  # left padding, as PPO's prompts have
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats + 1):
+        for name, model in models.items():
+            model.train()
+            times[name].append(seconds(partial(padded_step, model, batch, mask), 1))
+    return {name: sum(values[1:]) / repeats for name, values in times.items()}
 
 
 if __name__ == "__main__":
