@@ -55,7 +55,10 @@ def _fused_forward(
     if up.bias is not None or not x.dtype == down.weight.dtype == up.weight.dtype:
         return peft_forward(x, *args, **kwargs)
     result = layer.base_layer(x, *args, **kwargs)
-    reduced = down(layer.lora_dropout[name](x))
+    dropout = layer.lora_dropout[name]  # called only when it does something: decoding is op-bound
+    reduced = torch.nn.functional.linear(
+        x if isinstance(dropout, torch.nn.Identity) else dropout(x), down.weight
+    )
     if result.dtype != up.weight.dtype:  # under autocast: PEFT's own sum, cast back as it does
         return (result + up(reduced) * layer.scaling[name]).to(result.dtype)
     flat = result.view(-1, result.shape[-1])

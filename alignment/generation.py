@@ -113,11 +113,14 @@ def _pick(
     probs = filter_logits(
         logits.float(), settings.temperature, settings.top_k, settings.top_p
     ).softmax(dim=-1)
-    probs = probs.cpu()  # the per-row generators live on the CPU
-    picks = [
-        torch.multinomial(probs[row], 1, generator=generators[row]) for row in range(len(probs))
-    ]
-    return torch.cat(picks).to(logits.device)
+    # Inverse-CDF sampling, one uniform draw per row from the row's own generator (they live on
+    # the CPU). torch.multinomial draws an exponential per vocabulary entry instead: 0.9 ms per
+    # row and step for SmolLM2's 49k tokens, a tenth of PPO's generation time.
+    cumulative = probs.cpu().cumsum(dim=-1)
+    uniforms = torch.cat([torch.rand(1, generator=generator) for generator in generators])
+    # right=True: the first token whose cumulative mass exceeds the draw, never a masked one.
+    picks = torch.searchsorted(cumulative, uniforms[:, None] * cumulative[:, -1:], right=True)
+    return picks.squeeze(-1).clamp(max=probs.shape[-1] - 1).to(logits.device)
 
 
 @torch.inference_mode()

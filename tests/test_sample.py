@@ -11,6 +11,7 @@ import torch
 from alignment.cli import main
 from alignment.generation import (
     GenerationSettings,
+    _pick,
     encode_prompt,
     filter_logits,
     generate,
@@ -120,6 +121,20 @@ def test_filter_logits_top_k_and_top_p() -> None:
     assert kept(filter_logits(shuffled, 1.0, top_k=0, top_p=0.8)) == [False, True, False, True]
     scaled = filter_logits(logits, 2.0, top_k=0, top_p=1.0)
     assert torch.allclose(scaled, logits / 2)
+
+
+def test_sampling_draws_tokens_at_their_probabilities_and_never_a_masked_one() -> None:
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logits = torch.log(probs).expand(2, -1)  # -inf where the probability is 0
+    settings = GenerationSettings(temperature=1.0, top_k=3, top_p=1.0)
+    generators = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+    draws = torch.stack([_pick(logits, settings, generators) for _ in range(4000)])
+    counts = torch.bincount(draws.flatten(), minlength=len(probs)).float() / draws.numel()
+    expected = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.0, 0.0]) / 0.95  # the top 3, renormalised
+    assert counts[[0, 2, 5, 6]].sum() == 0  # zero probability, or outside the top 3
+    torch.testing.assert_close(counts, expected, atol=0.02, rtol=0)
+    again = [torch.Generator().manual_seed(seed) for seed in (0, 1)]
+    assert torch.equal(draws[0], _pick(logits, settings, again))  # each row's own stream
 
 
 # -- align sample ----------------------------------------------------------------------------
