@@ -4,6 +4,7 @@ Our own loop (TRL removed its PPOTrainer in 1.13). One update:
 
     generate   the policy samples an answer per prompt (KV cache, per-sequence seeds)
     score      one no-grad pass per role: policy and reference log-probs, values, reward score
+               (the first training micro-batch's forward supplies its rows' policy log-probs)
     train      GAE advantages, then `ppo_epochs` passes of clipped policy and value losses
                over shuffled minibatches
 
@@ -74,6 +75,7 @@ class Rollouts:
     attention_mask: torch.Tensor
     mask: torch.Tensor  # (B, R): 1 on answer tokens
     old_logprobs: torch.Tensor
+    entropy: torch.Tensor  # (B, R) the policy's, per answer token
     ref_logprobs: torch.Tensor
     old_values: torch.Tensor
     raw_scores: torch.Tensor  # reward model output
@@ -126,8 +128,9 @@ def answer_logprobs(
     width: int,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs (and logits) of the answer tokens under the active role; the same code path for
-    rollout and training, so the first minibatch's ratio is exactly 1."""
+    """Log-probs (and logits) of the answer tokens under the active role. Rollout and training
+    share this code path (same padding, dtype and head), so a row's log-probs are the same
+    whichever pass computes them: the first minibatch's ratio is exactly 1."""
     logits = model.logits(input_ids, attention_mask, keep_last=width + 1)[:, :-1]
     return logprobs_of(logits, input_ids[:, -width:], temperature), logits
 
@@ -251,7 +254,9 @@ class PPORun:
         return batch[rank * cfg.rollout_batch_size : (rank + 1) * cfg.rollout_batch_size]
 
     @torch.no_grad()
-    def rollout(self) -> tuple[Rollouts, dict[str, float]]:
+    def rollout(self, train_first: torch.Tensor | None = None) -> tuple[Rollouts, dict[str, float]]:
+        """Generate and score one batch. The policy log-probs (and entropy) of the rows in
+        `train_first` are left as NaN: training's first forward computes them (see `train`)."""
         cfg, model, device = self.cfg, self.model, self.accelerator.device
         timings = {}
         started = time.perf_counter()
@@ -290,11 +295,17 @@ class PPORun:
 
         started = time.perf_counter()
         width = mask.shape[1]
-        with model.role("policy"):
-            old_logprobs, logits = answer_logprobs(
-                model, input_ids, attention_mask, width, cfg.temperature
-            )
-            entropy = masked_mean(entropy_from_logits(logits), mask)
+        old_logprobs = torch.full(mask.shape, float("nan"), device=device)
+        entropy = torch.full(mask.shape, float("nan"), device=device)
+        skipped = set() if train_first is None else set(train_first.tolist())
+        rows = torch.tensor([i for i in range(len(mask)) if i not in skipped], dtype=torch.long)
+        if len(rows):
+            rows = rows.to(device)
+            with model.role("policy"):
+                old_logprobs[rows], logits = answer_logprobs(
+                    model, input_ids[rows], attention_mask[rows], width, cfg.temperature
+                )
+                entropy[rows] = entropy_from_logits(logits)
         with model.role("reference"):
             ref_logprobs, _ = answer_logprobs(
                 model, input_ids, attention_mask, width, cfg.temperature
@@ -326,10 +337,10 @@ class PPORun:
                 f"update {self.update + 1}: the reward model returned NaN or inf scores"
             )
         rollouts = Rollouts(
-            input_ids, attention_mask, mask, old_logprobs, ref_logprobs, old_values, raw_scores, scores,
-            finished_t, [self.tokenizer.decode(ids) for _, ids in batch], texts,
+            input_ids, attention_mask, mask, old_logprobs, entropy, ref_logprobs, old_values,
+            raw_scores, scores, finished_t, [self.tokenizer.decode(ids) for _, ids in batch], texts,
         )  # fmt: skip
-        return rollouts, {**timings, "entropy": entropy.item()}
+        return rollouts, timings
 
     def advantages(self, r: Rollouts) -> dict[str, float]:
         cfg = self.cfg
@@ -348,35 +359,59 @@ class PPORun:
             "explained_variance": explained_variance(r.old_values, r.returns, r.mask).item(),
         }
 
-    def train(self, r: Rollouts) -> dict[str, float]:
-        cfg = self.cfg
+    def epoch_orders(self) -> list[torch.Tensor]:
+        """The shuffled row order of each PPO epoch of the current update."""
         generator = torch.Generator().manual_seed(self.recipe.seed + self.update)
+        size = self.cfg.rollout_batch_size
+        return [torch.randperm(size, generator=generator) for _ in range(self.cfg.ppo_epochs)]
+
+    @property
+    def micro_batch_size(self) -> int:
+        return max(1, self.cfg.minibatch_size // self.cfg.grad_accum)
+
+    def train(self, r: Rollouts, orders: list[torch.Tensor]) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        micro = self.micro_batch_size
+        # Before the first optimizer step the policy is still the rollout's, so one forward gives
+        # both the rollout log-probs of the first micro-batch's rows (which `rollout` skipped) and
+        # that micro-batch's training log-probs: a scoring pass over those rows saved.
+        first = orders[0][:micro].to(r.mask.device)
+        with model.role("policy"):
+            first_logprobs, logits = answer_logprobs(
+                model, r.input_ids[first], r.attention_mask[first], r.answer_width, cfg.temperature
+            )
+        r.old_logprobs[first] = first_logprobs.detach()
+        r.entropy[first] = entropy_from_logits(logits.detach())
+        del logits
+        metrics = self.advantages(r) | {"entropy": masked_mean(r.entropy, r.mask).item()}
         totals: dict[str, list[float]] = {}
         size = len(r.scores)
-        micro = max(1, cfg.minibatch_size // cfg.grad_accum)
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(size, generator=generator)
+        for order in orders:
             for start in range(0, size, cfg.minibatch_size):
                 minibatch = order[start : start + cfg.minibatch_size]
                 for micro_start in range(0, len(minibatch), micro):
                     rows = minibatch[micro_start : micro_start + micro].to(r.mask.device)
                     weight = len(rows) / len(minibatch)
-                    stats = self._train_rows(r, rows, weight)
-                    if (
-                        "ratio_first_minibatch" not in totals
-                    ):  # 1 exactly, if log-probs are consistent
-                        totals["ratio_first_minibatch"] = [stats["ratio"]]
+                    stats = self._train_rows(r, rows, weight, first_logprobs)
+                    first_logprobs = None
                     for key, value in stats.items():
                         totals.setdefault(key, []).append(value)
                 grad_norm = self._step()
                 totals.setdefault("grad_norm", []).append(grad_norm)
-        return {key: sum(values) / len(values) for key, values in totals.items()}
+        return metrics | {key: sum(values) / len(values) for key, values in totals.items()}
 
-    def _train_rows(self, r: Rollouts, rows: torch.Tensor, weight: float) -> dict[str, float]:
+    def _train_rows(
+        self, r: Rollouts, rows: torch.Tensor, weight: float, logprobs: torch.Tensor | None
+    ) -> dict[str, float]:
+        """One micro-batch's policy and value losses, backpropagated; `logprobs`, if given, are
+        the policy's log-probs of these rows, already computed with gradients."""
         cfg, model = self.cfg, self.model
         ids, attention, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
-        with model.role("policy"):
-            logprobs, _ = answer_logprobs(model, ids, attention, r.answer_width, cfg.temperature)
+        if logprobs is None:
+            with model.role("policy"):
+                logprobs, _ = answer_logprobs(
+                    model, ids, attention, r.answer_width, cfg.temperature
+                )
         pg_loss, stats = policy_loss(
             logprobs, r.old_logprobs[rows], r.advantages[rows], mask, cfg.clip_range
         )
@@ -415,11 +450,11 @@ class PPORun:
         return grad_norm
 
     def step(self) -> tuple[dict[str, float], Rollouts]:
-        rollouts, metrics = self.rollout()
+        orders = self.epoch_orders()
+        rollouts, metrics = self.rollout(train_first=orders[0][: self.micro_batch_size])
         release_freed_heap()  # each phase frees what the next would otherwise pile on top of
-        metrics |= self.advantages(rollouts)
         started = time.perf_counter()
-        metrics |= self.train(rollouts)
+        metrics |= self.train(rollouts, orders)
         release_freed_heap()
         metrics["seconds_train"] = time.perf_counter() - started
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
