@@ -192,21 +192,20 @@ def float32_logits(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     keep_last: int = 0,
+    select: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """LM logits of the last `keep_last` positions (all if 0) with the head run in float32.
 
     Log-prob ratios and KL read from bfloat16 logits are coarse: near 20 they are 0.125 apart.
     The body still runs in the compute dtype; only the (frozen, unquantized) head is upcast.
-    `model` may be a PeftModel, whose active adapter is used.
+    `model` may be a PeftModel, whose active adapter is used. `select`, a boolean mask over the
+    kept positions, projects only those: the result is then (selected positions, vocabulary).
     """
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = (
-        lm.get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        )
-        .last_hidden_state[:, -keep_last:]
-        .float()
-    )
+    hidden = lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+    ).last_hidden_state[:, -keep_last:]
+    hidden = (hidden if select is None else hidden[select]).float()
     head = lm.get_output_embeddings()
     if head.weight.dtype == torch.float32 or head.weight.requires_grad:
         logits = torch.nn.functional.linear(hidden, head.weight.float())

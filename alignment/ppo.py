@@ -121,18 +121,30 @@ def pack(
     return torch.tensor(rows), torch.tensor(masks), torch.tensor(answer_masks, dtype=torch.float)
 
 
+def unpack(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One value per real answer token, laid out as (rows, answer width) with 0 on padding."""
+    return torch.zeros(mask.shape, device=mask.device).masked_scatter(mask.bool(), values)
+
+
 def answer_logprobs(
     model: RoleModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    width: int,
+    mask: torch.Tensor,
     temperature: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs (and logits) of the answer tokens under the active role. Rollout and training
-    share this code path (same padding, dtype and head), so a row's log-probs are the same
-    whichever pass computes them: the first minibatch's ratio is exactly 1."""
-    logits = model.logits(input_ids, attention_mask, keep_last=width + 1)[:, :-1]
-    return logprobs_of(logits, input_ids[:, -width:], temperature), logits
+    """Log-probs of the answer tokens under the active role, 0 where `mask` is (answer padding),
+    and the logits of the answer tokens alone (answer tokens x vocabulary): the LM head projects
+    only real answer positions. Rollout and training share this code path (same padding, dtype
+    and head), so a row's log-probs are the same whichever pass computes them: the first
+    minibatch's ratio is exactly 1."""
+    width = mask.shape[1]
+    real = mask.bool()
+    # Answer token t is predicted at the position before it; the last position predicts nothing.
+    select = torch.nn.functional.pad(real, (0, 1))
+    logits = model.logits(input_ids, attention_mask, keep_last=width + 1, select=select)
+    logprobs = logprobs_of(logits, input_ids[:, -width:][real], temperature)
+    return unpack(logprobs, mask), logits
 
 
 def answer_values(
@@ -303,12 +315,12 @@ class PPORun:
             rows = rows.to(device)
             with model.role("policy"):
                 old_logprobs[rows], logits = answer_logprobs(
-                    model, input_ids[rows], attention_mask[rows], width, cfg.temperature
+                    model, input_ids[rows], attention_mask[rows], mask[rows], cfg.temperature
                 )
-                entropy[rows] = entropy_from_logits(logits)
+                entropy[rows] = unpack(entropy_from_logits(logits), mask[rows])
         with model.role("reference"):
             ref_logprobs, _ = answer_logprobs(
-                model, input_ids, attention_mask, width, cfg.temperature
+                model, input_ids, attention_mask, mask, cfg.temperature
             )
         old_values = answer_values(model, input_ids, attention_mask, width)
         texts = [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
@@ -378,10 +390,10 @@ class PPORun:
         first = orders[0][:micro].to(r.mask.device)
         with model.role("policy"):
             first_logprobs, logits = answer_logprobs(
-                model, r.input_ids[first], r.attention_mask[first], r.answer_width, cfg.temperature
+                model, r.input_ids[first], r.attention_mask[first], r.mask[first], cfg.temperature
             )
         r.old_logprobs[first] = first_logprobs.detach()
-        r.entropy[first] = entropy_from_logits(logits.detach())
+        r.entropy[first] = unpack(entropy_from_logits(logits.detach()), r.mask[first])
         del logits
         metrics = self.advantages(r) | {"entropy": masked_mean(r.entropy, r.mask).item()}
         totals: dict[str, list[float]] = {}
@@ -409,9 +421,7 @@ class PPORun:
         ids, attention, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
         if logprobs is None:
             with model.role("policy"):
-                logprobs, _ = answer_logprobs(
-                    model, ids, attention, r.answer_width, cfg.temperature
-                )
+                logprobs, _ = answer_logprobs(model, ids, attention, mask, cfg.temperature)
         pg_loss, stats = policy_loss(
             logprobs, r.old_logprobs[rows], r.advantages[rows], mask, cfg.clip_range
         )

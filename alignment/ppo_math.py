@@ -125,7 +125,9 @@ def logprobs_of(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
     """Log-probability of each chosen token under the (temperature-scaled) sampling distribution."""
-    log_probs = F.log_softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    # At temperature 1 no scaled copy: PPO's logits are (rows x positions x vocabulary) large.
+    log_probs = F.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     return log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 

@@ -155,11 +155,16 @@ class RoleModel(nn.Module):
         ).last_hidden_state
 
     def logits(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep_last: int
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        keep_last: int,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """LM logits (float32 head) of the active role for the last `keep_last` positions only."""
+        """LM logits (float32 head) of the active role for the last `keep_last` positions only,
+        and of those only the `select`ed ones if given (see models.float32_logits)."""
         return float32_logits(
-            self.peft, input_ids, attention_mask, _positions(attention_mask), keep_last
+            self.peft, input_ids, attention_mask, _positions(attention_mask), keep_last, select
         )
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
