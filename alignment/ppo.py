@@ -309,10 +309,10 @@ class PPORun:
         width = mask.shape[1]
         old_logprobs = torch.full(mask.shape, float("nan"), device=device)
         entropy = torch.full(mask.shape, float("nan"), device=device)
-        skipped = set() if train_first is None else set(train_first.tolist())
-        rows = torch.tensor([i for i in range(len(mask)) if i not in skipped], dtype=torch.long)
-        if len(rows):
-            rows = rows.to(device)
+        rows = torch.ones(len(mask), dtype=torch.bool, device=device)
+        if train_first is not None:
+            rows[train_first.to(device)] = False
+        if rows.any():
             with model.role("policy"):
                 old_logprobs[rows], logits = answer_logprobs(
                     model, input_ids[rows], attention_mask[rows], mask[rows], cfg.temperature
@@ -381,13 +381,17 @@ class PPORun:
     def micro_batch_size(self) -> int:
         return max(1, self.cfg.minibatch_size // self.cfg.grad_accum)
 
+    def first_micro_batch(self, orders: list[torch.Tensor]) -> torch.Tensor:
+        """The rows training starts with; its forward also supplies their rollout log-probs."""
+        return orders[0][: self.micro_batch_size]
+
     def train(self, r: Rollouts, orders: list[torch.Tensor]) -> dict[str, float]:
         cfg, model = self.cfg, self.model
         micro = self.micro_batch_size
         # Before the first optimizer step the policy is still the rollout's, so one forward gives
         # both the rollout log-probs of the first micro-batch's rows (which `rollout` skipped) and
         # that micro-batch's training log-probs: a scoring pass over those rows saved.
-        first = orders[0][:micro].to(r.mask.device)
+        first = self.first_micro_batch(orders).to(r.mask.device)
         with model.role("policy"):
             first_logprobs, logits = answer_logprobs(
                 model, r.input_ids[first], r.attention_mask[first], r.mask[first], cfg.temperature
@@ -461,7 +465,7 @@ class PPORun:
 
     def step(self) -> tuple[dict[str, float], Rollouts]:
         orders = self.epoch_orders()
-        rollouts, metrics = self.rollout(train_first=orders[0][: self.micro_batch_size])
+        rollouts, metrics = self.rollout(train_first=self.first_micro_batch(orders))
         release_freed_heap()  # each phase frees what the next would otherwise pile on top of
         started = time.perf_counter()
         metrics |= self.train(rollouts, orders)

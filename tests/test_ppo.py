@@ -299,7 +299,7 @@ def test_training_forward_gives_the_rollout_log_probs_it_replaces(ppo_base, tmp_
     ratio is 1 and the first KL to the reference 0, as if every row had been scored."""
     run = PPORun(recipe_in(ppo_base, tmp_path, f"model.dtype={dtype}"), Accelerator(cpu=True))
     orders = run.epoch_orders()
-    first = orders[0][: run.micro_batch_size]
+    first = run.first_micro_batch(orders)
     scored, _ = run.rollout()
     skipped, _ = run.rollout(train_first=first)
     assert skipped.old_logprobs[first].isnan().all()
