@@ -43,7 +43,7 @@ def cmd_rm(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from alignment.rm_eval import evaluate_reward_model, print_report, write_report
+    from alignment.reward.metrics import evaluate_reward_model, print_report, write_report
 
     report = evaluate_reward_model(
         args.adapter,

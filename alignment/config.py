@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from alignment.errors import RecipeError
 
@@ -67,19 +68,56 @@ class LoraConfig(Section):
     )
 
 
-class SFTConfig(Section):
+LRScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
+
+
+class TrainerSection(Section):
+    """Settings every Trainer-based stage (sft, rm, dpo) shares; see alignment.trainers."""
+
+    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
+    eval_data: str | None = Field(
+        None, description="Held-out data; if unset, `eval_fraction` of `data` is held out."
+    )
+    eval_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of `data` held out for evaluation (preferences: whole prompts at a time).",
+    )
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
+    )
+    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
+    batch_size: int = Field(
+        8,
+        gt=0,
+        description="Training elements per device per forward pass: sft examples, rm comparisons "
+        "(a pair or a whole K-way ranking), dpo pairs.",
+    )
+    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Peak learning rate of the adapter (and the rm's score head)."
+    )
+    lr_scheduler: LRScheduler = Field("linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
+    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
+    eval_steps: int = Field(50, gt=0, description="Evaluate on the held-out data every N steps.")
+    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
+
+
+def _default(section: type[BaseModel], name: str, value: Any) -> Any:
+    """`section`'s field `name` with another default: its type, bounds and description kept."""
+    return FieldInfo.merge_field_infos(section.model_fields[name], default=value)
+
+
+class SFTConfig(TrainerSection):
     data: str = Field(
         "data/demos.jsonl",
         description="Demonstrations: a local .jsonl/.json file or a `datasets` name. Rows hold "
         "chat `messages`, or `prompt`+`completion`, or Alpaca `instruction`(+`input`)+`output`.",
-    )
-    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
-    eval_data: str | None = Field(
-        None,
-        description="Held-out demonstrations; if unset, `eval_fraction` of `data` is held out.",
-    )
-    eval_fraction: float = Field(
-        0.05, ge=0, lt=1, description="Share of `data` held out for eval loss."
     )
     assistant_only_loss: bool = Field(
         True, description="Train on assistant tokens only (every assistant turn, with its context)."
@@ -87,18 +125,8 @@ class SFTConfig(Section):
     max_length: int = Field(
         1024, gt=0, description="Longest tokenized example; longer ones are truncated."
     )
-    epochs: float = Field(
-        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
-    )
-    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
-    batch_size: int = Field(8, gt=0, description="Examples per device per forward pass.")
-    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate of the adapter.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Learning-rate schedule."
-    )
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    learning_rate: float = _default(TrainerSection, "learning_rate", 2e-4)
+    lr_scheduler: LRScheduler = _default(TrainerSection, "lr_scheduler", "cosine")
     group_by_length: bool = Field(
         True,
         description="Batch examples of similar length together, so less compute goes to padding.",
@@ -108,11 +136,6 @@ class SFTConfig(Section):
         description="Concatenate a batch into one row with position ids (needs flash_attention_2; "
         "other kernels would let examples attend to each other).",
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
-    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
-    eval_steps: int = Field(50, gt=0, description="Compute eval loss every N steps.")
-    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
-    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
 
 
 class SampleConfig(Section):
@@ -143,7 +166,21 @@ class SampleConfig(Section):
     )
 
 
-class RMConfig(Section):
+Format = Literal["auto", "rankings", "pairs", "trl", "hh"]
+
+
+class PreferenceSection(TrainerSection):
+    """A Trainer stage that learns from preferences (rm, dpo)."""
+
+    eval_split: str = Field(
+        "test", description="Split to read when `eval_data` is a `datasets` name."
+    )
+    format: Format = Field(
+        "auto", description="Row format; auto detects it per row from the row's keys."
+    )
+
+
+class RMConfig(PreferenceSection):
     """Reward-model stage (`align rm`): a LoRA adapter plus a scalar `score` head."""
 
     data: str = Field(
@@ -151,20 +188,6 @@ class RMConfig(Section):
         description="Preferences: a local .jsonl/.json file or a `datasets` name. Rows are the "
         "ranking UI's rankings or pairs export, TRL chosen/rejected (implicit or explicit prompt, "
         "text or chat, optional `margin`), or HH-RLHF text (`\\n\\nHuman: ...`).",
-    )
-    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
-    eval_data: str | None = Field(
-        None,
-        description="Held-out preferences; if unset, `eval_fraction` of `data` is held out.",
-    )
-    eval_split: str = Field(
-        "test", description="Split to read when `eval_data` is a `datasets` name."
-    )
-    eval_fraction: float = Field(
-        0.05, ge=0, lt=1, description="Share of `data` held out for eval accuracy."
-    )
-    format: Literal["auto", "rankings", "pairs", "trl", "hh"] = Field(
-        "auto", description="Row format; auto detects it per row from the row's keys."
     )
     init: Literal["sft", "base"] = Field(
         "sft",
@@ -182,34 +205,15 @@ class RMConfig(Section):
         description="Run a comparison's shared conversation once and branch its answers off it "
         "(one row, tree-shaped attention mask): same scores, fewer tokens. Needs sdpa or eager.",
     )
-    epochs: float = Field(
-        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
-    )
-    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
-    batch_size: int = Field(
-        8, gt=0, description="Comparisons (a pair or a whole K-way ranking) per forward pass."
-    )
-    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate of adapter and head.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "linear", description="Learning-rate schedule."
-    )
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     group_by_length: bool = Field(
         True, description="Batch comparisons of similar length together (less padding)."
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
     stats_examples: int = Field(
         512,
         ge=0,
         description="Training comparisons scored after training for the reward mean/std that PPO "
         "normalises with; 0 means all.",
     )
-    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
-    eval_steps: int = Field(50, gt=0, description="Compute eval accuracy every N steps.")
-    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
-    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
 
 
 class PPOConfig(Section):
@@ -298,7 +302,7 @@ DPOLoss = Literal[
 ]  # TRL 1.16's DPOConfig.loss_type values
 
 
-class DPOConfig(Section):
+class DPOConfig(PreferenceSection):
     """DPO stage (`align dpo`): the SFT adapter trained on preference pairs, against itself frozen."""
 
     data: str = Field(
@@ -306,22 +310,6 @@ class DPOConfig(Section):
         description="Preferences: the ranking UI's pairs (or rankings) export, TRL chosen/rejected "
         "or HH-RLHF rows; a local .jsonl/.json file or a `datasets` name. A K-way ranking trains "
         "its K-choose-2 pairs.",
-    )
-    data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
-    eval_data: str | None = Field(
-        None, description="Held-out preferences; if unset, `eval_fraction` of `data` is held out."
-    )
-    eval_split: str = Field(
-        "test", description="Split to read when `eval_data` is a `datasets` name."
-    )
-    eval_fraction: float = Field(
-        0.05,
-        ge=0,
-        lt=1,
-        description="Share of `data` held out, whole prompts at a time (as rm.eval_fraction).",
-    )
-    format: Literal["auto", "rankings", "pairs", "trl", "hh"] = Field(
-        "auto", description="Row format; auto detects it per row from the row's keys."
     )
     sft_adapter: str | None = Field(
         None,
@@ -346,23 +334,9 @@ class DPOConfig(Section):
     precompute_ref_log_probs: bool = Field(
         False, description="Score the reference once before training instead of every step."
     )
-    epochs: float = Field(
-        1.0, gt=0, description="Passes over the data (ignored when max_steps > 0)."
-    )
-    max_steps: int = Field(-1, description="Optimizer steps to run; -1 means use `epochs`.")
-    batch_size: int = Field(4, gt=0, description="Preference pairs per device per forward pass.")
-    grad_accum: int = Field(1, gt=0, description="Forward passes per optimizer step.")
-    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of the adapter.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "linear", description="Learning-rate schedule."
-    )
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for activation memory.")
-    logging_steps: int = Field(5, gt=0, description="Log training metrics every N steps.")
-    eval_steps: int = Field(50, gt=0, description="Compute eval loss and margins every N steps.")
-    save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
-    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
+    batch_size: int = _default(TrainerSection, "batch_size", 4)
+    learning_rate: float = _default(TrainerSection, "learning_rate", 5e-5)
+    warmup_ratio: float = _default(TrainerSection, "warmup_ratio", 0.1)
 
 
 RUBRIC_CRITERIA = ("length", "complete", "relevance", "no_repetition", "no_banned_phrases")

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from alignment.errors import DataError
+from alignment.tokens import Messages
 
-Messages = list[dict[str, str]]
 ROLES = ("system", "user", "assistant")
 
 

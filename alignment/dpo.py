@@ -24,15 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import Dataset
 from peft import PeftModel
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
+from alignment import cpu
+from alignment.adapters import check_same_base, input_adapter
 from alignment.config import Recipe
 from alignment.errors import DataError, RunStateError
-from alignment.hub import resolve_adapter
 from alignment.models import (
     base_model_id,
     cast_adapter,
@@ -40,13 +40,15 @@ from alignment.models import (
     load_model,
     load_tokenizer,
     resolve_model,
-    trainer_precision,
 )
-from alignment.preferences import Comparison, PreferenceData, read_preferences
-from alignment.rm import _hold_out
-from alignment.roles import _check_same_base
+from alignment.preferences import Comparison
 from alignment.runs import metric_callbacks, start_stage, write_model_card, write_summary
-from alignment.sft import checkpoint_to_resume, keep_trainable_params_in
+from alignment.trainers import (
+    checkpoint_to_resume,
+    keep_trainable_params_in,
+    read_preference_splits,
+    trainer_arguments,
+)
 
 log = logging.getLogger(__name__)
 POLICY = "default"  # the adapter name DPOTrainer trains; it adds the frozen "ref" copy itself
@@ -83,20 +85,6 @@ def preference_rows(comparisons: list[Comparison]) -> list[dict[str, Any]]:
     return rows
 
 
-def sft_adapter_dir(recipe: Recipe) -> Path:
-    """The SFT adapter that policy and reference start from (a directory or a Hub id)."""
-    given = recipe.dpo.sft_adapter
-    path = resolve_adapter(given, "dpo.sft_adapter") if given else recipe.output_dir / "sft"
-    if not (path / "adapter_config.json").is_file():
-        hint = (
-            "dpo.sft_adapter must be an adapter directory or Hub id"
-            if given
-            else "run `align sft` with this recipe first, or set dpo.sft_adapter"
-        )
-        raise RunStateError(f"{path}: no SFT adapter here; {hint}")
-    return path
-
-
 @dataclass
 class DPOOutcome:
     out_dir: Path  # the saved policy adapter, tokenizer, metrics and card
@@ -104,39 +92,24 @@ class DPOOutcome:
     summary: dict[str, Any]
 
 
-def _read(recipe: Recipe) -> tuple[PreferenceData, list[Comparison], list[Comparison]]:
-    cfg = recipe.dpo
-    data = read_preferences(cfg.data, cfg.data_split, cfg.format)
-    if cfg.eval_data:
-        return (
-            data,
-            data.comparisons,
-            read_preferences(cfg.eval_data, cfg.eval_split, cfg.format).comparisons,
-        )
-    if cfg.eval_fraction > 0 and len(data.comparisons) >= 2:
-        train, held = _hold_out(data.comparisons, cfg.eval_fraction, recipe.seed)
-        if train:
-            return data, train, held
-    return data, data.comparisons, []
-
-
 def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     """Train the SFT adapter with DPO on preference pairs and save it to <run_dir>/dpo."""
     cfg = recipe.dpo
     set_seed(recipe.seed)
+    cpu.tune_process()
     # All data is read and checked before the (slow) model load, so bad rows fail fast.
-    data, train_comparisons, eval_comparisons = _read(recipe)
+    data, _, train_comparisons, eval_comparisons = read_preference_splits(recipe, cfg)
     check_one_kind([*train_comparisons, *eval_comparisons])
     train_rows = preference_rows(train_comparisons)
     eval_rows = preference_rows(eval_comparisons)
     if any(c.margin for c in train_comparisons):
         log.warning("%s: DPO has no use for `margin`; it is ignored", cfg.data)
-    sft_dir = sft_adapter_dir(recipe)
+    sft_dir = input_adapter(recipe, cfg.sft_adapter, "dpo.sft_adapter", "sft")
 
     out = start_stage(recipe, "dpo")
     last_checkpoint = checkpoint_to_resume(out / "checkpoints", resume)
     source = resolve_model(recipe.model)
-    _check_same_base(sft_dir, source, "SFT")
+    check_same_base(sft_dir, source, "SFT")
     tokenizer = load_tokenizer(recipe.model, source)
     model = PeftModel.from_pretrained(
         load_model(recipe.model, source=source), sft_dir, adapter_name=POLICY, is_trainable=True
@@ -144,32 +117,12 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     dtype = compute_dtype(recipe.model)
     evaluation = Dataset.from_list(eval_rows) if eval_rows else None
     args = DPOConfig(
-        output_dir=str(out / "checkpoints"),
-        seed=recipe.seed,
+        **trainer_arguments(recipe, cfg, out / "checkpoints", evaluate=evaluation is not None),
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         label_smoothing=cfg.label_smoothing,
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a value below 1 is a share of the steps
-        weight_decay=cfg.weight_decay,
-        activation_checkpointing=cfg.gradient_checkpointing,
-        **trainer_precision(recipe.model),
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if evaluation is not None else "no",
-        eval_steps=cfg.eval_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        report_to=[],
-        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = DPOTrainer(
         model=model,

@@ -20,10 +20,11 @@ from peft import PeftModel
 from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import RunStateError
-from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.generation import GenerationSettings, generate
 from alignment.judges import build_scorer, reward_scorer
 from alignment.models import float32_logits, load_model, load_tokenizer, resolve_model
 from alignment.runs import append_jsonl
+from alignment.tokens import encode_prompt
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignment.config import SampleConfig
-from alignment.cpu_4bit import fast_4bit_inference
-
-Messages = list[dict[str, str]]
+from alignment.cpu import decoding
+from alignment.tokens import Messages, encode_prompt, padded, position_ids
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,6 @@ class Completion:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
-
-
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Messages) -> list[int]:
-    """Token ids of a chat prompt followed by the assistant header the model continues from."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    # The template already writes any BOS it wants; adding special tokens again would double it.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -133,13 +125,10 @@ def _generate_batch(
     stops: set[int],
 ) -> list[tuple[list[int], int | None]]:
     device = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
-    mask = torch.tensor(
-        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device, dtype=torch.long
-    )
+    input_ids, mask = (t.to(device) for t in padded(prompts, pad_id, left=True))
+    width = input_ids.shape[1]
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(mask)
     # Only the last prompt position's logits are read; projecting every prompt position onto the
     # vocabulary would add about a fifth to the prefill of a small model (SmolLM2: 28M of 135M).
     # Kept by index, not `logits_to_keep=1`: that slice is a strided view, on which the LM head
@@ -147,17 +136,17 @@ def _generate_batch(
     out = model(
         input_ids=input_ids,
         attention_mask=mask,
-        position_ids=position_ids,
+        position_ids=positions,
         use_cache=True,
         logits_to_keep=torch.tensor([width - 1], device=device),
     )
     cache, logits = out.cache, out.logits[:, -1, :]
-    positions = position_ids[:, -1:]
+    positions = positions[:, -1:]
     tokens: list[list[int]] = [[] for _ in prompts]
     finished: list[int | None] = [None] * len(prompts)  # the stop token each row ended with
     stop_tensor = torch.tensor(sorted(stops), device=device)
     # One token per row per step: the few-row case where the packed 4-bit CPU kernel wins.
-    with fast_4bit_inference(model):
+    with decoding(model):
         for step in range(settings.max_new_tokens):
             picked = _pick(logits, settings, generators)
             for row, token in enumerate(picked.tolist()):

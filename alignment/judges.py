@@ -17,9 +17,9 @@ from pathlib import Path
 
 from alignment.config import JudgeConfig, RubricConfig
 from alignment.store import Store
+from alignment.tokens import Messages
 
 log = logging.getLogger(__name__)
-Messages = list[dict[str, str]]
 Scorer = Callable[[Messages, Sequence[str]], list[float]]
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
@@ -138,7 +138,7 @@ def judge_store(store: Store, name: str, scorer: Scorer, per_prompt: int = 1) ->
 
 def reward_scorer(adapter: Path) -> Scorer:
     """A reward adapter as a scoring function (loaded once, scores at the last real token)."""
-    from alignment.rm import load_reward_model, score
+    from alignment.reward import load_reward_model, score
 
     model, tokenizer, stats = load_reward_model(adapter)
 

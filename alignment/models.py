@@ -26,9 +26,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from alignment.attention import attention_implementation
 from alignment.config import LoraConfig, ModelConfig
-from alignment.cpu_4bit import forbid_implicit_repacking
+from alignment.cpu import attention_implementation, forbid_implicit_repacking
 from alignment.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
@@ -282,7 +281,9 @@ def load_model(
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     if quant is not None:
-        forbid_implicit_repacking(model)  # else one evaluation breaks training: see cpu_4bit.py
+        forbid_implicit_repacking(
+            model
+        )  # else one evaluation breaks training: see alignment/cpu/packed_4bit.py
     return model
 
 

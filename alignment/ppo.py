@@ -34,12 +34,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, set_seed
 
+from alignment import cpu
+from alignment.adapters import input_adapter
 from alignment.config import Recipe
-from alignment.cpu_memory import release_freed_heap, return_freed_tensors_to_os
-from alignment.data import Messages, read_prompts
+from alignment.data import read_prompts
 from alignment.errors import AlignmentError, DataError, RunStateError
-from alignment.generation import GenerationSettings, encode_prompt, generate
-from alignment.hub import resolve_adapter
+from alignment.generation import GenerationSettings, generate
 from alignment.master_weights import MasterWeights
 from alignment.models import base_model_id, load_model, load_tokenizer, resolve_model
 from alignment.ppo_math import (
@@ -55,12 +55,12 @@ from alignment.ppo_math import (
     token_rewards,
     value_loss,
 )
-from alignment.rm import padded, scoring_ids
+from alignment.reward import STATS_FILE, scoring_ids
 from alignment.roles import RoleModel
 from alignment.runs import append_jsonl, read_jsonl, start_stage, write_model_card, write_summary
+from alignment.tokens import Messages, encode_prompt, padded
 
 log = logging.getLogger(__name__)
-REWARD_STATS = "reward_stats.json"
 
 
 class TrainingDiverged(AlignmentError):
@@ -162,16 +162,8 @@ class PPORun:
         cfg = self.cfg
         self.out = recipe.output_dir / "ppo"
         # Adapters named in the recipe may be Hub ids; the run's own stages are local directories.
-        self.sft_dir = (
-            resolve_adapter(cfg.sft_adapter, "ppo.sft_adapter")
-            if cfg.sft_adapter
-            else recipe.output_dir / "sft"
-        )
-        self.rm_dir = (
-            resolve_adapter(cfg.reward_adapter, "ppo.reward_adapter")
-            if cfg.reward_adapter
-            else recipe.output_dir / "rm"
-        )
+        self.sft_dir = input_adapter(recipe, cfg.sft_adapter, "ppo.sft_adapter", "sft")
+        self.rm_dir = input_adapter(recipe, cfg.reward_adapter, "ppo.reward_adapter", "rm")
         source = resolve_model(recipe.model)
         self.tokenizer = load_tokenizer(recipe.model, source)
         self.prompts = self._encode_prompts(source)
@@ -235,7 +227,7 @@ class PPORun:
 
     def _reward_stats(self) -> tuple[float, float, int | None]:
         """(mean, std) that rewards are normalised with, and the max_length the RM trained at."""
-        path = self.rm_dir / REWARD_STATS
+        path = self.rm_dir / STATS_FILE
         stats = json.loads(path.read_text()) if path.is_file() else {}
         max_length = stats.get("max_length")
         if not self.cfg.normalize_rewards:
@@ -284,7 +276,7 @@ class PPORun:
             completions = generate(
                 model.peft, self.tokenizer, [ids for _, ids in batch], self.settings, seeds
             )
-        release_freed_heap()
+        cpu.release_memory()
         answers, finished = [], []
         eos = self.tokenizer.eos_token_id
         for completion in completions:
@@ -466,10 +458,10 @@ class PPORun:
     def step(self) -> tuple[dict[str, float], Rollouts]:
         orders = self.epoch_orders()
         rollouts, metrics = self.rollout(train_first=self.first_micro_batch(orders))
-        release_freed_heap()  # each phase frees what the next would otherwise pile on top of
+        cpu.release_memory()  # each phase frees what the next would otherwise pile on top of
         started = time.perf_counter()
         metrics |= self.train(rollouts, orders)
-        release_freed_heap()
+        cpu.release_memory()
         metrics["seconds_train"] = time.perf_counter() - started
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         lengths = rollouts.mask.sum(1)
@@ -599,9 +591,7 @@ class PPOOutcome:
 def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
     """Run (or resume) the PPO stage; returns where the policy adapter was saved and the metrics."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if not torch.cuda.is_available():
-        # Rollout, scoring and training free GiBs between phases; without this glibc keeps them.
-        return_freed_tensors_to_os()
+    cpu.tune_process()
     set_seed(recipe.seed)
     out = recipe.output_dir / "ppo"
     checkpoint = last_checkpoint(out)

@@ -32,15 +32,14 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from alignment.data import Messages, check_turns, read_rows
+from alignment.config import Format
+from alignment.data import check_turns, read_rows
 from alignment.errors import DataError
+from alignment.tokens import Conversation, Messages
 
 log = logging.getLogger(__name__)
-
-Format = Literal["auto", "rankings", "pairs", "trl", "hh"]
-Conversation = Messages | str  # chat turns, or plain text for data that is not chat
 
 SKIP_IDENTICAL = "identical chosen and rejected"
 SKIP_EMPTY = "empty answer"

@@ -13,59 +13,25 @@ Only one adapter is active per forward pass; `RoleModel.use(role)` switches betw
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, TaskType, set_peft_model_state_dict
+from peft import PeftModel, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from alignment import cpu
+from alignment.adapters import check_same_base
 from alignment.errors import RunStateError
-from alignment.fused_lora import fuse_lora
 from alignment.models import cast_adapter, float32_logits
+from alignment.reward import read_reward_adapter
+from alignment.tokens import last_token_index, position_ids
 
 ROLES = ("policy", "reference", "reward", "value")
 TRAINABLE_ROLES = ("policy", "value")
-SCORE_KEY = "base_model.model.score.weight"  # where PEFT saves a sequence-classification head
-
-
-def read_reward_adapter(
-    rm_dir: Path,
-) -> tuple[PeftLoraConfig, dict[str, torch.Tensor], torch.Tensor]:
-    """The LoRA config, LoRA weights and score-head weight of a reward-model adapter directory."""
-    config_path, weights_path = rm_dir / "adapter_config.json", rm_dir / "adapter_model.safetensors"
-    if not (config_path.is_file() and weights_path.is_file()):
-        raise RunStateError(
-            f"{rm_dir}: no reward adapter here (run `align rm` first, or set ppo.reward_adapter)"
-        )
-    weights = load_file(weights_path)
-    if SCORE_KEY not in weights:
-        raise RunStateError(
-            f"{weights_path}: no score head ({SCORE_KEY}); is this a reward-model adapter?"
-        )
-    head = weights.pop(SCORE_KEY)
-    config = PeftLoraConfig.from_pretrained(rm_dir)
-    # The same LoRA, applied to the causal-LM body: its head is ours (below), not a PEFT module.
-    config.task_type = TaskType.CAUSAL_LM
-    config.modules_to_save = None
-    return config, weights, head
-
-
-def _check_same_base(adapter_dir: Path, base_name: str, role: str) -> None:
-    recorded = json.loads((adapter_dir / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path"
-    )
-    if recorded and Path(recorded).name != Path(base_name).name:
-        raise RunStateError(
-            f"{adapter_dir}: the {role} adapter was trained on {recorded!r}, but this run's base model "
-            f"is {base_name!r}; adapters only fit the base model they were trained on"
-        )
 
 
 class RoleModel(nn.Module):
@@ -76,7 +42,7 @@ class RoleModel(nn.Module):
         for directory, role in ((sft_dir, "SFT"), (rm_dir, "reward")):
             if not (directory / "adapter_config.json").is_file():
                 raise RunStateError(f"{directory}: no {role} adapter here (run its stage first)")
-            _check_same_base(directory, base_name, role)
+            check_same_base(directory, base_name, role)
         self.peft = PeftModel.from_pretrained(
             base, sft_dir, adapter_name="policy", is_trainable=True
         )
@@ -103,7 +69,7 @@ class RoleModel(nn.Module):
             self.reward_head.weight.copy_(head)
             self.value_head.weight.copy_(head)
         self.reward_head.requires_grad_(False)
-        fuse_lora(self.peft)
+        cpu.fuse_adapters(self.peft)
         # PEFT's set_adapter walks every module (15-25 ms for SmolLM2 on CPU, 14 switches per
         # update); the adapter layers are found once here and switched directly.
         self.adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
@@ -151,7 +117,7 @@ class RoleModel(nn.Module):
         return body(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            position_ids=_positions(attention_mask),
+            position_ids=position_ids(attention_mask),
         ).last_hidden_state
 
     def logits(
@@ -164,7 +130,7 @@ class RoleModel(nn.Module):
         """LM logits (float32 head) of the active role for the last `keep_last` positions only,
         and of those only the `select`ed ones if given (see models.float32_logits)."""
         return float32_logits(
-            self.peft, input_ids, attention_mask, _positions(attention_mask), keep_last, select
+            self.peft, input_ids, attention_mask, position_ids(attention_mask), keep_last, select
         )
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -178,15 +144,3 @@ class RoleModel(nn.Module):
         last = last_token_index(attention_mask)
         last_hidden = hidden[torch.arange(len(hidden)), last].to(self.reward_head.weight.dtype)
         return self.reward_head(last_hidden).squeeze(-1).float()
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    # Positions count real tokens only, so a left-padded prompt sees the positions it would alone.
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last real token, from the mask alone (never from pad_token_id)."""
-    width = attention_mask.shape[1]
-    flipped = attention_mask.flip(-1).int().argmax(-1)
-    return width - 1 - flipped

@@ -18,9 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import DataError, ModelSourceError
-from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.generation import GenerationSettings, generate
 from alignment.hub import resolve_adapter
 from alignment.store import NewCandidate, Store, prompt_key
+from alignment.tokens import encode_prompt
 
 log = logging.getLogger(__name__)
 

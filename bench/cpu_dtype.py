@@ -8,7 +8,7 @@ bfloat16, unquantized and 4-bit NF4; then, in bfloat16, a LoRA forward+backward 
 train mode, and dropout off as PPO runs it) against training every weight of the full model;
 then the attention kernels behind `model.attn_implementation` (sdpa, eager, and auto, which on
 CPU picks eager while a layer's scores stay within 2^20) on a bf16 LoRA forward+backward at short
-and long lengths; last, PEFT's LoRA forward against `alignment.fused_lora` with bf16 adapters, as
+and long lengths; last, PEFT's LoRA forward against `alignment.cpu.fused_lora` with bf16 adapters, as
 PPO runs them. Ratios are against float32 (first table), the full model (second), sdpa (third)
 and PEFT (fourth), measured in this run.
 """
@@ -26,7 +26,7 @@ from common import machine
 from peft import get_peft_model
 
 from alignment.config import LoraConfig, ModelConfig
-from alignment.fused_lora import fuse_lora
+from alignment.cpu.fused_lora import fuse_lora
 from alignment.models import cast_adapter, cpu_has_native_bf16, load_model, peft_config
 
 

@@ -41,7 +41,8 @@ from common import ROOT, Measured, machine, run_measured, threads_env
 
 from alignment.config import ModelConfig, PPOConfig
 from alignment.data import read_prompts
-from alignment.generation import GenerationSettings, encode_prompt, generate
+from alignment.generation import GenerationSettings, generate
+from alignment.tokens import encode_prompt
 from alignment.models import cache_root, compute_dtype, load_tokenizer, resolve_model
 from alignment.ppo import PPORun
 
@@ -119,7 +120,7 @@ def merged_reward_model(cache: Path, rm_dir: Path) -> Path:
     """Our reward adapter and head merged into a full sequence-classification model, for TRL."""
     import torch
 
-    from alignment.rm import load_reward_model, score
+    from alignment.reward import load_reward_model, score
 
     target = cache / f"reward-merged-{rm_dir.parent.name}"
     stamp = str((rm_dir / "adapter_model.safetensors").stat().st_mtime_ns)
@@ -245,7 +246,7 @@ def greedy_rewards(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from alignment.rm import load_reward_model, score
+    from alignment.reward import load_reward_model, score
 
     model_cfg = ModelConfig()
     source = resolve_model(model_cfg)

@@ -36,7 +36,7 @@ from common import ROOT, Measured, machine, run_measured, threads_env, trainer_l
 from alignment.config import ModelConfig
 from alignment.models import load_tokenizer, resolve_model
 from alignment.preferences import read_preferences
-from alignment.rm import conversation_ids
+from alignment.tokens import conversation_ids
 
 DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from alignment.attention import ATTENTION_NAME, EAGER_MAX_SCORES
+from alignment.cpu.attention import ATTENTION_NAME, EAGER_MAX_SCORES
 from alignment.config import ModelConfig
 from alignment.models import load_model
 

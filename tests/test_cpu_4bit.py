@@ -7,7 +7,7 @@ import torch
 from peft import get_peft_model
 
 from alignment.config import LoraConfig, ModelConfig
-from alignment.cpu_4bit import fast_4bit_inference
+from alignment.cpu.packed_4bit import fast_4bit_inference
 from alignment.generation import GenerationSettings, generate
 from alignment.models import load_model, load_tokenizer, peft_config
 

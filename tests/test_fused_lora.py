@@ -7,7 +7,7 @@ import torch
 from peft import get_peft_model
 
 from alignment.config import LoraConfig, ModelConfig
-from alignment.fused_lora import fuse_lora
+from alignment.cpu.fused_lora import fuse_lora
 from alignment.models import cast_adapter, load_model, peft_config
 
 

@@ -19,10 +19,11 @@ from alignment.config import load_recipe
 from alignment.errors import DataError, RunStateError
 from alignment.models import _Float32Head, float32_logits, load_model, load_tokenizer
 from alignment.ppo import PPORun, pack, run_ppo, truncate_at_stop
-from alignment.rm import load_reward_model, score
-from alignment.roles import RoleModel, last_token_index
+from alignment.reward import load_reward_model, score
+from alignment.roles import RoleModel
 from alignment.runs import read_jsonl, start_stage
 from alignment.sft import run_sft
+from alignment.tokens import last_token_index
 from tests.conftest import ROOT, build_tiny_model
 
 

@@ -12,12 +12,12 @@ from alignment.cli import main
 from alignment.generation import (
     GenerationSettings,
     _pick,
-    encode_prompt,
     filter_logits,
     generate,
     stop_token_ids,
 )
 from alignment.store import Store
+from alignment.tokens import encode_prompt
 from tests.conftest import write_jsonl
 
 PROMPTS = [

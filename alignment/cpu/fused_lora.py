@@ -2,9 +2,8 @@
 
 PEFT computes `result + lora_B(lora_A(dropout(x))) * scaling`, so every adapted linear layer
 makes two extra passes over its full-width output (the scale and the add) and allocates two
-more outputs. On CPU those passes cost as much as the up-projection itself: for a 304 x 576 ->
-1536 layer in bfloat16, `addmm_` takes 90 us where the three steps take 220-260 us; a whole
-training step gains a few percent (`python bench/cpu_dtype.py`). PEFT has no fused path, so this
+more outputs. On CPU those passes cost as much as the up-projection itself; a whole training step
+gains a few percent (bench/RESULTS.md, `python bench/cpu_dtype.py`). PEFT has no fused path, so this
 wraps each LoRA layer's forward; whatever the plain path does not cover (mixed-adapter batches,
 merged or disabled adapters, several active adapters, DoRA and other variants, a bias on
 lora_B, an adapter in another dtype than its input) goes to PEFT's own forward.

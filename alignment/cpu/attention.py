@@ -1,15 +1,15 @@
 """Attention kernel on CPU: the model's eager attention for small score matrices, sdpa otherwise.
 
-PyTorch's CPU flash attention (what sdpa picks) has a slow bfloat16 backward: for one layer at
-4 x 100 tokens a forward+backward took 13.8 ms against eager's 5.1 ms, and PPO's passes live at
-such lengths. Eager keeps the whole score matrix for the backward, though (about 6 bytes per
-score and layer), which at 8 x 256 tokens added some 0.9 GB to the reward-model stage's peak.
-So eager runs while a layer's scores (batch x heads x queries x keys) stay within
+PyTorch's CPU flash attention (what sdpa picks) has a slow bfloat16 backward at the short lengths
+PPO's passes live at, where eager is several times faster. Eager keeps the whole score matrix for
+the backward, though (about 6 bytes per score and layer), which at reward-model batch sizes adds
+up to a GB. So eager runs while a layer's scores (batch x heads x queries x keys) stay within
 EAGER_MAX_SCORES, which bounds its extra memory at about 6 MiB per layer; larger batches and
-decoding (one query against the cache) use sdpa. Whole-model figures: `python bench/cpu_dtype.py`.
+decoding (one query against the cache) use sdpa. Figures: bench/RESULTS.md, from
+`python bench/cpu_dtype.py`.
 
 `model.attn_implementation: auto` loads CPU models with this dispatch, registered with
-transformers' attention and mask interfaces under ATTENTION_NAME.
+transformers' attention and mask interfaces under ATTENTION_NAME when first asked for.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ def short_eager_attention(
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-AttentionInterface.register(ATTENTION_NAME, short_eager_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, eager_mask)
-
-
 def attention_implementation(configured: str) -> str:
     """The `attn_implementation` to load a model with: `auto` is this dispatch on CPU, sdpa on GPU."""
     if configured != "auto":
         return configured
-    return "sdpa" if torch.cuda.is_available() else ATTENTION_NAME
+    if torch.cuda.is_available():
+        return "sdpa"
+    AttentionInterface.register(ATTENTION_NAME, short_eager_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, eager_mask)
+    return ATTENTION_NAME

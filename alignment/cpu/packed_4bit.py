@@ -3,10 +3,10 @@
 On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer's weights for a bf16 GEMV kernel
 the first time the layer runs in eval mode on an input that needs no gradient. The repacked
 layer passes no gradient backward (the kernel has no autograd) and stays repacked: on SmolLM2
-with QLoRA, one sampling or evaluation pass cut the first layer's LoRA gradients 30-1000x for
-the rest of training. The kernel also only pays off for few rows: per 576x1536 layer (1 thread)
-it took 0.5 ms vs 1.9 ms for 8 rows (one decoding step), but 39 ms vs 19 ms for 880 rows (a
-scoring batch). So every model we load forbids the implicit repacking, and the decoding loop
+with QLoRA, one sampling or evaluation pass cut the first layer's LoRA gradients by orders of
+magnitude for the rest of training (tests/test_cpu_4bit.py). The kernel also only pays off for
+few rows: it is several times faster for one decoding step and about 2x slower for a scoring
+batch (bench/RESULTS.md). So every model we load forbids the implicit repacking, and decoding
 asks for the packed layout with `fast_4bit_inference(model)`, which swaps in a packed copy of
 each frozen 4-bit weight (made once per layer, about the weight's size) and swaps back on exit.
 """

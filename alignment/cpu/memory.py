@@ -35,8 +35,7 @@ def release_freed_heap() -> None:
     """Hand the heap pages that freed small tensors left behind back to the OS (malloc_trim).
 
     Between PPO's phases (generate, score, train) they would otherwise stay resident under the
-    next phase's peak: with SmolLM2 in bf16 RSS after an update fell from 1.5-1.7 GiB to 1.0 GiB
-    and the peak over three updates from 2.1 to 1.9 GiB.
+    next phase's peak (figures in bench/RESULTS.md).
     """
     libc = _glibc()
     if libc is not None:

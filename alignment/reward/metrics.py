@@ -1,4 +1,4 @@
-"""Measuring a reward model on held-out preferences (`align eval rm`).
+"""How well a reward model orders held-out preferences (`align eval rm`, and `align rm`'s eval).
 
 - accuracy: share of (better, worse) pairs the RM scores strictly higher for the better answer;
 - mean margin: mean of r_better - r_worse;
@@ -21,7 +21,9 @@ import torch
 
 from alignment.agreement import kendall_tau_b
 from alignment.preferences import Comparison, Format, read_preferences
-from alignment.rm import comparison_scores, encode_comparison, load_reward_model
+from alignment.reward.encoding import EncodedComparison, encode_comparison
+from alignment.reward.loading import load_reward_model
+from alignment.reward.scoring import comparison_scores
 
 
 def _bucket(records: list[dict[str, float]]) -> dict[str, Any]:
@@ -54,18 +56,18 @@ def _answer_side(better: float, worse: float) -> str:
 
 
 def preference_report(
-    comparisons: list[Comparison], rows: list[dict[str, Any]], scores: list[torch.Tensor]
+    comparisons: list[Comparison], rows: list[EncodedComparison], scores: list[torch.Tensor]
 ) -> dict[str, Any]:
     """Accuracy, margin, Kendall's tau and length buckets of scored, encoded comparisons."""
     records: list[dict[str, float]] = []
     taus: list[float] = []
     for comparison, row, rewards in zip(comparisons, rows, scores, strict=True):
-        tails = row["tails"]
+        tails = row.tails
         for b, w in comparison.pairs:
             records.append(
                 {
                     "difference": (rewards[b] - rewards[w]).item(),
-                    "length": len(row["prefix"]) + max(len(tails[b]), len(tails[w])),
+                    "length": len(row.prefix) + max(len(tails[b]), len(tails[w])),
                     "better_tokens": len(tails[b]),
                     "worse_tokens": len(tails[w]),
                 }

@@ -1,0 +1,116 @@
+"""What the Trainer-based stages (sft, rm, dpo) share: TRL arguments, held-out data, resume rules.
+
+Each of those stages reads its data, loads the base, builds one TRL trainer from
+`trainer_arguments(...)` plus its own few options, trains, and saves a PEFT adapter directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from alignment.config import PreferenceSection, Recipe, TrainerSection
+from alignment.errors import RunStateError
+from alignment.models import trainer_precision
+from alignment.preferences import Comparison, PreferenceData, read_preferences
+
+log = logging.getLogger(__name__)
+
+
+def trainer_arguments(
+    recipe: Recipe, cfg: TrainerSection, checkpoints: Path, evaluate: bool
+) -> dict[str, Any]:
+    """Keyword arguments every TRL config (SFTConfig, RewardConfig, DPOConfig) takes alike."""
+    return {
+        "output_dir": str(checkpoints),
+        "seed": recipe.seed,
+        "num_train_epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.learning_rate,
+        "lr_scheduler_type": cfg.lr_scheduler,
+        # transformers 5 reads a warmup_steps value below 1 as a share of the steps.
+        "warmup_steps": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "activation_checkpointing": cfg.gradient_checkpointing,
+        **trainer_precision(recipe.model),
+        "logging_steps": cfg.logging_steps,
+        "eval_strategy": "steps" if evaluate else "no",
+        "eval_steps": cfg.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": cfg.save_steps,
+        "save_total_limit": cfg.save_total_limit,
+        "report_to": [],
+        "dataloader_pin_memory": torch.cuda.is_available(),
+    }
+
+
+def checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
+    """The checkpoint `--resume` continues from; refuses to silently restart over existing ones."""
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume and last is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", checkpoints)
+    if not resume and last is not None:
+        raise RunStateError(
+            f"{checkpoints.parent} already holds a run ({Path(last).name}); pass --resume to continue "
+            "it, or set run_dir=<new dir> to start another"
+        )
+    return last
+
+
+def keep_trainable_params_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Undo TRL's cast of QLoRA adapters to bf16 where compute runs in another dtype.
+
+    With float32 compute (CPUs without native bf16), bf16 adapters would lose precision in every
+    optimizer update, break a float32 head ("expected m1 and m2 to have the same dtype") and slow
+    each LoRA matmul. With bf16 compute this is a no-op.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def hold_out(
+    comparisons: list[Comparison], fraction: float, seed: int
+) -> tuple[list[Comparison], list[Comparison]]:
+    """Split off about `fraction` of the comparisons, whole prompts at a time, so no prompt
+    (e.g. ranked by several annotators) is in both train and eval."""
+    by_prompt: dict[str, list[Comparison]] = defaultdict(list)
+    for comparison in comparisons:
+        by_prompt[json.dumps(comparison.prompt, sort_keys=True)].append(comparison)
+    groups = list(by_prompt.values())
+    random.Random(seed).shuffle(groups)
+    wanted = max(1, round(len(comparisons) * fraction))
+    held: list[Comparison] = []
+    train: list[Comparison] = []
+    for group in groups:
+        (held if len(held) < wanted else train).extend(group)
+    return train, held
+
+
+def read_preference_splits(
+    recipe: Recipe, cfg: PreferenceSection
+) -> tuple[PreferenceData, PreferenceData | None, list[Comparison], list[Comparison]]:
+    """(training data, held-out data if read from its own source, train, held-out comparisons).
+
+    Held out are `cfg.eval_data` when given, else `cfg.eval_fraction` of the training data split
+    off by prompt (so RM and DPO are evaluated on the same prompts).
+    """
+    data = read_preferences(cfg.data, cfg.data_split, cfg.format)
+    if cfg.eval_data:
+        held_data = read_preferences(cfg.eval_data, cfg.eval_split, cfg.format)
+        return data, held_data, data.comparisons, held_data.comparisons
+    if cfg.eval_fraction > 0 and len(data.comparisons) >= 2:
+        train, held = hold_out(data.comparisons, cfg.eval_fraction, recipe.seed)
+        if train:
+            return data, None, train, held
+    return data, None, data.comparisons, []
