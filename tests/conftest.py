@@ -81,18 +81,26 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def demo_rows(count: int, short: bool = False) -> list[dict]:
+    """Chat demonstrations: "Question i: what is i plus i?" answered, or with `short` "Say i" -> "i!"."""
+
+    def turns(i: int) -> list[dict[str, str]]:
+        if short:
+            return [
+                {"role": "user", "content": f"Say {i}"},
+                {"role": "assistant", "content": f"{i}!"},
+            ]
+        return [
+            {"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]
+
+    return [{"messages": turns(i)} for i in range(count)]
+
+
 @pytest.fixture
 def demos_file(tmp_path: Path) -> Path:
-    rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
-                {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-            ]
-        }
-        for i in range(24)
-    ]
-    return write_jsonl(tmp_path / "demos.jsonl", rows)
+    return write_jsonl(tmp_path / "demos.jsonl", demo_rows(24))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from accelerate.utils import DistributedType
 from alignment.config import load_recipe
 from alignment.runs import read_jsonl
 from alignment.sft import run_sft
-from tests.conftest import ROOT, write_jsonl
+from tests.conftest import ROOT, demo_rows, write_jsonl
 
 CONFIGS = ROOT / "recipes" / "accelerate"
 
@@ -42,18 +42,7 @@ def test_accelerate_configs_load_with_accelerates_own_loader(name, kind):
 @pytest.fixture(scope="module")
 def tiny_distributed_recipe(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("distributed")
-    demos = write_jsonl(
-        root / "demos.jsonl",
-        [
-            {
-                "messages": [
-                    {"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
-                    {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
-                ]
-            }
-            for i in range(16)
-        ],
-    )
+    demos = write_jsonl(root / "demos.jsonl", demo_rows(16))
     pairs = write_jsonl(
         root / "pairs.jsonl",
         [

@@ -15,7 +15,7 @@ from alignment.errors import DataError, RunStateError
 from alignment.preferences import read_preferences
 from alignment.runs import read_jsonl
 from alignment.sft import run_sft
-from tests.conftest import write_jsonl
+from tests.conftest import demo_rows, write_jsonl
 
 
 def pair_row(i: int, chosen: str, rejected: str) -> dict:
@@ -33,18 +33,7 @@ def pair_row(i: int, chosen: str, rejected: str) -> dict:
 def dpo_base(tmp_path_factory, tiny_model_dir):
     """A recipe whose run directory already holds an SFT adapter, and a pairs export."""
     root = tmp_path_factory.mktemp("dpo")
-    demos = write_jsonl(
-        root / "demos.jsonl",
-        [
-            {
-                "messages": [
-                    {"role": "user", "content": f"Say {i}"},
-                    {"role": "assistant", "content": f"{i}!"},
-                ]
-            }
-            for i in range(8)
-        ],
-    )
+    demos = write_jsonl(root / "demos.jsonl", demo_rows(8, short=True))
     pairs = write_jsonl(
         root / "pairs.jsonl",
         [pair_row(i, f"{i} plus {i} is {2 * i}.", "The quick brown fox.") for i in range(12)],

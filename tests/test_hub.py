@@ -23,25 +23,14 @@ from alignment.runs import write_model_card
 from alignment.sample import run_sample
 from alignment.sft import run_sft
 from alignment.store import Store
-from tests.conftest import write_jsonl
+from tests.conftest import demo_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_model_dir):
     """A real SFT stage directory (adapter, tokenizer, card, metrics, checkpoints, tensorboard)."""
     root = tmp_path_factory.mktemp("hub")
-    demos = write_jsonl(
-        root / "demos.jsonl",
-        [
-            {
-                "messages": [
-                    {"role": "user", "content": f"Say {i}"},
-                    {"role": "assistant", "content": f"{i}!"},
-                ]
-            }
-            for i in range(8)
-        ],
-    )
+    demos = write_jsonl(root / "demos.jsonl", demo_rows(8, short=True))
     recipe_path = root / "recipe.yaml"
     recipe_path.write_text(
         f"""name: hub-test
