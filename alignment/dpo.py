@@ -33,20 +33,14 @@ from alignment import cpu
 from alignment.adapters import check_same_base, input_adapter
 from alignment.config import Recipe
 from alignment.errors import DataError, RunStateError
-from alignment.models import (
-    base_model_id,
-    cast_adapter,
-    compute_dtype,
-    load_model,
-    load_tokenizer,
-    resolve_model,
-)
+from alignment.models import cast_adapter, compute_dtype, load_model
 from alignment.preferences import Comparison
-from alignment.runs import metric_callbacks, start_stage, write_model_card, write_summary
+from alignment.runs import metric_callbacks
 from alignment.trainers import (
-    checkpoint_to_resume,
     keep_trainable_params_in,
     read_preference_splits,
+    save_trainer_stage,
+    start_trainer_stage,
     trainer_arguments,
 )
 
@@ -106,18 +100,18 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         log.warning("%s: DPO has no use for `margin`; it is ignored", cfg.data)
     sft_dir = input_adapter(recipe, cfg.sft_adapter, "dpo.sft_adapter", "sft")
 
-    out = start_stage(recipe, "dpo")
-    last_checkpoint = checkpoint_to_resume(out / "checkpoints", resume)
-    source = resolve_model(recipe.model)
-    check_same_base(sft_dir, source, "SFT")
-    tokenizer = load_tokenizer(recipe.model, source)
+    start = start_trainer_stage(recipe, "dpo", resume)
+    check_same_base(sft_dir, start.source, "SFT")
     model = PeftModel.from_pretrained(
-        load_model(recipe.model, source=source), sft_dir, adapter_name=POLICY, is_trainable=True
+        load_model(recipe.model, source=start.source),
+        sft_dir,
+        adapter_name=POLICY,
+        is_trainable=True,
     )
     dtype = compute_dtype(recipe.model)
     evaluation = Dataset.from_list(eval_rows) if eval_rows else None
     args = DPOConfig(
-        **trainer_arguments(recipe, cfg, out / "checkpoints", evaluate=evaluation is not None),
+        **trainer_arguments(recipe, cfg, start, evaluate=evaluation is not None),
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         label_smoothing=cfg.label_smoothing,
@@ -129,8 +123,8 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         args=args,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=evaluation,
-        processing_class=tokenizer,
-        callbacks=metric_callbacks(out),
+        processing_class=start.tokenizer,
+        callbacks=metric_callbacks(start.out),
     )
     if "ref" not in trainer.model.peft_config:
         raise RunStateError(f"{sft_dir}: DPOTrainer made no frozen reference copy of this adapter")
@@ -148,7 +142,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         )
     if len(trainer.train_dataset) == 0:
         raise DataError(f"{cfg.data}: every prompt is longer than dpo.max_length={cfg.max_length}")
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    result = trainer.train(resume_from_checkpoint=start.resume_from)
 
     train_logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     summary: dict[str, Any] = {
@@ -171,11 +165,6 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     card_metrics = dict(summary)
     summary["data"] = data.report()
 
-    if trainer.accelerator.is_main_process:  # under accelerate, one process writes the output
-        trainer.model.save_pretrained(out, selected_adapters=[POLICY])
-        tokenizer.save_pretrained(out)
-        write_summary(out, summary)
-        write_model_card(out, recipe, "dpo", base_model_id(recipe.model), card_metrics)
-        log.info("DPO adapter saved to %s: %s", out, card_metrics)
-    trainer.accelerator.wait_for_everyone()
-    return DPOOutcome(out, trainer.model, summary)
+    save_trainer_stage(trainer, start, recipe, "dpo", summary, card_metrics, adapters=[POLICY])
+    log.info("DPO adapter saved to %s: %s", start.out, card_metrics)
+    return DPOOutcome(start.out, trainer.model, summary)

@@ -44,29 +44,17 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 from alignment import cpu
 from alignment.config import LoraConfig, Recipe
 from alignment.errors import RecipeError, RunStateError
-from alignment.models import (
-    base_model_id,
-    compute_dtype,
-    load_model,
-    load_tokenizer,
-    peft_config,
-    resolve_model,
-)
+from alignment.models import base_model_id, compute_dtype, load_model, peft_config
 from alignment.reward.encoding import ComparisonCollator, encode_comparison
 from alignment.reward.loading import STATS_FILE
 from alignment.reward.metrics import preference_report
 from alignment.reward.scoring import batch_scores, comparison_scores, reward_stats
-from alignment.runs import (
-    metric_callbacks,
-    stage_dir,
-    start_stage,
-    write_model_card,
-    write_summary,
-)
+from alignment.runs import metric_callbacks, stage_dir
 from alignment.trainers import (
-    checkpoint_to_resume,
     keep_trainable_params_in,
     read_preference_splits,
+    save_trainer_stage,
+    start_trainer_stage,
     trainer_arguments,
 )
 
@@ -172,22 +160,18 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
             "recipe first, or set rm.init=base"
         )
 
-    out = start_stage(recipe, "rm")
-    checkpoints = out / "checkpoints"
-    last_checkpoint = checkpoint_to_resume(checkpoints, resume)
-    source = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(recipe.model, source)
+    start = start_trainer_stage(recipe, "rm", resume)
+    tokenizer = start.tokenizer
     train_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in train]
     eval_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in held]
     with suppress_seqcls_warning():  # the fresh score head and the unused LM head are expected
-        base = load_model(recipe.model, head="score", source=source)
+        base = load_model(recipe.model, head="score", source=start.source)
     model = get_peft_model(base, peft_config(recipe.lora, TaskType.SEQ_CLS, ["score"]))
     if cfg.init == "sft":
         _load_sft_weights(model, sft_dir, recipe.lora)
 
-    dtype = compute_dtype(recipe.model)
     args = RewardConfig(
-        **trainer_arguments(recipe, cfg, checkpoints, evaluate=bool(eval_rows)),
+        **trainer_arguments(recipe, cfg, start, evaluate=bool(eval_rows)),
         max_length=None,  # encode_comparison truncates, keeping each conversation's end
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,  # the collator needs every column
@@ -200,16 +184,14 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         eval_dataset=Dataset.from_list([asdict(row) for row in eval_rows]) if eval_rows else None,
         processing_class=tokenizer,
         data_collator=ComparisonCollator(tokenizer.pad_token_id, cfg.share_prefix),
-        callbacks=metric_callbacks(out),
+        callbacks=metric_callbacks(start.out),
     )
     # TRL casts a quantized model's trainables (the head too) to bf16; with float32 compute on
-    # CPU the hidden states then meet a bf16 head ("expected m1 and m2 to have the same dtype").
-    keep_trainable_params_in(trainer.model, dtype)
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    # CPU the hidden states would meet a bf16 head.
+    keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
+    result = trainer.train(resume_from_checkpoint=start.resume_from)
     model = trainer.model
     model.eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
 
     stats_rows = train_rows
     if 0 < cfg.stats_examples < len(train_rows):
@@ -241,7 +223,10 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     if eval_data is not None:
         summary["eval_data"] = eval_data.report()
 
-    (out / STATS_FILE).write_text(
+    save_trainer_stage(trainer, start, recipe, "rm", summary, card_metrics)
+    if not trainer.accelerator.is_main_process:
+        return RMOutcome(start.out, model, summary)
+    (start.out / STATS_FILE).write_text(
         json.dumps(
             {
                 **stats,
@@ -253,9 +238,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         )
         + "\n"
     )
-    write_summary(out, summary)
-    write_model_card(out, recipe, "rm", base_model_id(recipe.model), card_metrics)
-    with (out / "README.md").open("a") as card:
+    with (start.out / "README.md").open("a") as card:
         card.write(
             "\n## Scoring\n\nA reward model: load the base with "
             "`AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)` before "
@@ -263,5 +246,5 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
             "and `alignment.reward.score`. Rewards are read at the last real token; "
             f"`{STATS_FILE}` holds their mean and std on the training answers.\n"
         )
-    log.info("reward adapter saved to %s: %s", out, card_metrics)
-    return RMOutcome(out, model, summary)
+    log.info("reward adapter saved to %s: %s", start.out, card_metrics)
+    return RMOutcome(start.out, model, summary)

@@ -15,16 +15,14 @@ from trl import SFTConfig, SFTTrainer
 from alignment import cpu
 from alignment.config import Recipe
 from alignment.data import sft_examples
-from alignment.models import (
-    base_model_id,
-    compute_dtype,
-    load_model,
-    load_tokenizer,
-    peft_config,
-    resolve_model,
+from alignment.models import compute_dtype, load_model, peft_config
+from alignment.runs import metric_callbacks
+from alignment.trainers import (
+    keep_trainable_params_in,
+    save_trainer_stage,
+    start_trainer_stage,
+    trainer_arguments,
 )
-from alignment.runs import metric_callbacks, start_stage, write_model_card, write_summary
-from alignment.trainers import checkpoint_to_resume, keep_trainable_params_in, trainer_arguments
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +52,11 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     else:
         evaluation = None
 
-    out = start_stage(recipe, "sft")
-    checkpoints = out / "checkpoints"
-    last_checkpoint = checkpoint_to_resume(checkpoints, resume)
-    source = resolve_model(recipe.model)
-    tokenizer = load_tokenizer(recipe.model, source)
-    model = load_model(recipe.model, source=source)
+    start = start_trainer_stage(recipe, "sft", resume)
+    model = load_model(recipe.model, source=start.source)
 
     args = SFTConfig(
-        **trainer_arguments(recipe, cfg, checkpoints, evaluate=evaluation is not None),
+        **trainer_arguments(recipe, cfg, start, evaluate=evaluation is not None),
         max_length=cfg.max_length,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=cfg.padding_free,
@@ -72,12 +66,12 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
-        processing_class=tokenizer,
+        processing_class=start.tokenizer,
         peft_config=peft_config(recipe.lora),
-        callbacks=metric_callbacks(out),
+        callbacks=metric_callbacks(start.out),
     )
     keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
-    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    result = trainer.train(resume_from_checkpoint=start.resume_from)
 
     summary = {
         "train_loss": result.training_loss,
@@ -88,11 +82,6 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     if evaluation is not None:
         summary["eval_examples"] = len(evaluation)
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-    if trainer.accelerator.is_main_process:  # under several processes, one writes
-        trainer.model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        write_summary(out, summary)
-        write_model_card(out, recipe, "sft", base_model_id(recipe.model), summary)
-    trainer.accelerator.wait_for_everyone()
-    log.info("SFT adapter saved to %s: %s", out, summary)
-    return SFTOutcome(out, trainer.model, summary)
+    save_trainer_stage(trainer, start, recipe, "sft", summary)
+    log.info("SFT adapter saved to %s: %s", start.out, summary)
+    return SFTOutcome(start.out, trainer.model, summary)

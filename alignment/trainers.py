@@ -10,26 +10,68 @@ import json
 import logging
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
 from alignment.config import PreferenceSection, Recipe, TrainerSection
 from alignment.errors import RunStateError
-from alignment.models import trainer_precision
+from alignment.models import base_model_id, load_tokenizer, resolve_model, trainer_precision
 from alignment.preferences import Comparison, PreferenceData, read_preferences
+from alignment.runs import start_stage, write_model_card, write_summary
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class StageStart:
+    """Where a Trainer stage writes, the checkpoint it resumes from, and its base model."""
+
+    out: Path  # <run_dir>/<stage>
+    checkpoints: Path
+    resume_from: str | None
+    source: str  # the base model's local directory or Hub id
+    tokenizer: PreTrainedTokenizerBase
+
+
+def start_trainer_stage(recipe: Recipe, stage: str, resume: bool) -> StageStart:
+    """Create the stage directory, apply the resume rules, and load the base's tokenizer."""
+    out = start_stage(recipe, stage)
+    checkpoints = out / "checkpoints"
+    resume_from = checkpoint_to_resume(checkpoints, resume)
+    source = resolve_model(recipe.model)
+    return StageStart(out, checkpoints, resume_from, source, load_tokenizer(recipe.model, source))
+
+
+def save_trainer_stage(
+    trainer: Trainer,
+    start: StageStart,
+    recipe: Recipe,
+    stage: str,
+    summary: dict[str, Any],
+    card_metrics: dict[str, Any] | None = None,
+    adapters: list[str] | None = None,
+) -> None:
+    """Save the trained adapter(s), tokenizer, summary and model card; one process writes."""
+    if trainer.accelerator.is_main_process:
+        trainer.model.save_pretrained(start.out, selected_adapters=adapters)
+        start.tokenizer.save_pretrained(start.out)
+        write_summary(start.out, summary)
+        metrics = summary if card_metrics is None else card_metrics
+        write_model_card(start.out, recipe, stage, base_model_id(recipe.model), metrics)
+    trainer.accelerator.wait_for_everyone()
+
+
 def trainer_arguments(
-    recipe: Recipe, cfg: TrainerSection, checkpoints: Path, evaluate: bool
+    recipe: Recipe, cfg: TrainerSection, start: StageStart, evaluate: bool
 ) -> dict[str, Any]:
     """Keyword arguments every TRL config (SFTConfig, RewardConfig, DPOConfig) takes alike."""
     return {
-        "output_dir": str(checkpoints),
+        "output_dir": str(start.checkpoints),
         "seed": recipe.seed,
         "num_train_epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
