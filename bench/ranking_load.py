@@ -41,7 +41,8 @@ from common import ROOT, machine
 sys.path.insert(0, str(ROOT))
 
 from alignment.export import export_rows, write_jsonl
-from alignment.store import NewCandidate, Store
+from alignment.store import NewCandidate, Store, leasing, submissions
+from alignment.store.annotators import annotator_id
 from tests.ranking_support import (
     ApiSession,
     fill_store,
@@ -293,9 +294,10 @@ def build_100k(args: argparse.Namespace, db: Path) -> tuple[list[Timed], float]:
     The public path, one `lease` + `submit_ranking` per ranking, is far too slow here: two fsyncs
     per ranking, and `lease` scans the queue from the first prompt, so each call costs more as
     prompts fill up (timed below, on the finished database). So rankings go through the store's
-    own transaction and submit code (`_write`, `_open_lease`, `_submit`: the same checks and rows
-    as `submit_ranking`, leases on chosen prompts), CHUNK rankings per transaction. Prompts go
-    through the public `add_sampled`, with `synchronous=OFF` on this throwaway build connection.
+    own transaction and submit code (`Store._write`, `leasing.open_lease`,
+    `submissions.submit_ranking`: the same checks and rows as `Store.submit_ranking`, leases on
+    chosen prompts), CHUNK rankings per transaction. Prompts go through the public `add_sampled`,
+    with `synchronous=OFF` on this throwaway build connection.
     """
     prompts = math.ceil(args.rankings / PER_PROMPT)
     names = [f"annotator{i:02d}" for i in range(20)]
@@ -323,10 +325,11 @@ def build_100k(args: argparse.Namespace, db: Path) -> tuple[list[Timed], float]:
         for start in range(0, len(jobs), CHUNK):
             with store._write() as conn:
                 for prompt_id, name in jobs[start : start + CHUNK]:
-                    annotator = store._annotator_id(conn, name)
-                    token = store._open_lease(conn, annotator, prompt_id, store.clock(), 600.0)
+                    now = store.clock()
+                    annotator = annotator_id(conn, name)
+                    token = leasing.open_lease(conn, annotator, prompt_id, now, 600.0)
                     ranks = rng.sample(range(1, K + 1), K)  # no ties: K-choose-2 pairs each
-                    store._submit(conn, name, token, ranks, False, PER_PROMPT)
+                    submissions.submit_ranking(conn, name, token, ranks, False, PER_PROMPT, now)
         return len(jobs)
 
     steps = [

@@ -1,5 +1,6 @@
-"""Helpers shared by the ranking tests: databases with known candidates, annotators files, and the
-app served for real (in this process or as an `align ui` subprocess), on 127.0.0.1 only."""
+"""Helpers shared by the ranking tests: databases with known candidates (and rankings), a settable
+clock, expected export rows, annotators files, and the app served for real (in this process or as
+an `align ui` subprocess), on 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import httpx
 from alignment.ui.annotators import Annotator, hash_password, save_annotators
 
-from alignment.store import NewCandidate, Store
+from alignment.store import NewCandidate, Store, display_order
 
 PASSWORDS = {
     "alice": "alice-secret",
@@ -42,6 +43,68 @@ def fill_store(path: Path, prompts: list[tuple[str, list[str]]]) -> Store:
             source=f"prompts.jsonl:{number}",
         )
     return store
+
+
+class Clock:
+    """A settable clock, so lease expiry is tested without waiting."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def annotated_store(path: Path, clock: Clock) -> Store:
+    """Prompts p1 and p2 with four answers, p3 with three; annotators alice and bob, admin carol;
+    time from `clock`."""
+    store = fill_store(
+        path,
+        [
+            ("p1", ["a0", "a1", "a2", "a3"]),
+            ("p2", ["b0", "b1", "b2", "b3"]),
+            ("p3", ["c0", "c1", "c2"]),
+        ],
+    )
+    store.clock = clock
+    store.sync_annotators([("alice", "annotator"), ("bob", "annotator"), ("carol", "admin")])
+    return store
+
+
+def by_position(name: str, prompt_id: int, ranks_by_position: list[int]) -> list[int]:
+    """Ranks in `name`'s display order, from ranks written by sampling position."""
+    return [ranks_by_position[p] for p in display_order(name, prompt_id, len(ranks_by_position))]
+
+
+def ranked_store(path: Path) -> Store:
+    """An annotated_store whose prompt 1 is ranked by alice (with a tie) and bob, and prompt 2 by
+    alice only, one second apart."""
+    clock = Clock()
+    db = annotated_store(path, clock)
+    a = db.lease("alice", per_prompt=2)
+    db.submit_ranking(
+        "alice", a.token, by_position("alice", 1, [1, 2, 2, 3]), tie=True, per_prompt=2
+    )
+    clock.now += 1
+    b = db.lease("bob", per_prompt=2)
+    db.submit_ranking("bob", b.token, by_position("bob", 1, [2, 1, 3, 4]), per_prompt=2)
+    clock.now += 1
+    a2 = db.lease("alice", per_prompt=2)
+    assert a2.prompt_id == 2
+    db.submit_ranking("alice", a2.token, by_position("alice", 2, [4, 3, 2, 1]), per_prompt=2)
+    return db
+
+
+def pair(prompt: str, chosen: str, rejected: str, ranking: int, who: str, **extra) -> dict:
+    """A `pairs` export row for a one-turn prompt."""
+    return {
+        "prompt": user_prompt(prompt),
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "ranking_id": ranking,
+        "annotator": who,
+        **extra,
+    }
 
 
 def write_annotators(path: Path, passwords: dict[str, str], roles: dict[str, str]) -> Path:

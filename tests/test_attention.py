@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from alignment.cpu.attention import ATTENTION_NAME, EAGER_MAX_SCORES
 from alignment.config import ModelConfig
+from alignment.cpu.attention import ATTENTION_NAME, EAGER_MAX_SCORES
 from alignment.models import load_model
 
 

@@ -1,4 +1,4 @@
-"""The ranking store, export and agreement: real SQLite files, no app."""
+"""The ranking store on real SQLite files: schema, pragmas, leases, submissions, undo."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment import store as store_module
-from alignment.agreement import agreement, kendall_tau_b, krippendorff_alpha
-from alignment.errors import AlignmentError, DataError
-from alignment.export import export, export_rows
+from alignment.errors import AlignmentError
 from alignment.store import (
     LeaseError,
     NewCandidate,
@@ -21,24 +18,11 @@ from alignment.store import (
     SubmissionError,
     UnknownAnnotatorError,
     check_ranks,
+    connection,
     display_order,
+    schema,
 )
-from tests.ranking_support import fill_store, user_prompt
-
-
-class Clock:
-    """A settable clock, so lease expiry is tested without waiting."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def by_position(store: Store, name: str, prompt_id: int, ranks_by_position: list[int]) -> list[int]:
-    """Ranks in `name`'s display order, from ranks written by sampling position."""
-    return [ranks_by_position[p] for p in display_order(name, prompt_id, len(ranks_by_position))]
+from tests.ranking_support import Clock, annotated_store, fill_store, user_prompt
 
 
 @pytest.fixture
@@ -48,25 +32,20 @@ def clock() -> Clock:
 
 @pytest.fixture
 def db(tmp_path: Path, clock: Clock) -> Store:
-    store = fill_store(
-        tmp_path / "rankings.db",
-        [
-            ("p1", ["a0", "a1", "a2", "a3"]),
-            ("p2", ["b0", "b1", "b2", "b3"]),
-            ("p3", ["c0", "c1", "c2"]),
-        ],
-    )
-    store.clock = clock
-    store.sync_annotators([("alice", "annotator"), ("bob", "annotator"), ("carol", "admin")])
-    return store
+    return annotated_store(tmp_path / "rankings.db", clock)
 
 
-def test_new_file_has_schema_wal_and_foreign_keys(db: Store) -> None:
-    assert db.schema_version() == len(store_module.MIGRATIONS) == store_module.SCHEMA_VERSION
-    conn = db._conn()
+def assert_store_pragmas(conn: sqlite3.Connection) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+
+
+def test_new_file_has_schema_wal_and_foreign_keys(db: Store) -> None:
+    assert db.schema_version() == len(schema.MIGRATIONS) == schema.SCHEMA_VERSION
+    conn = db._conn()
+    assert_store_pragmas(conn)
     assert db.integrity_check() == "ok"
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
         conn.execute(
@@ -99,18 +78,18 @@ def test_migrations_upgrade_an_old_file_in_one_step_and_refuse_newer(
         "ALTER TABLE prompts ADD COLUMN note TEXT",
         "CREATE INDEX prompts_note ON prompts(note)",
     ]
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, extra])
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, extra])
     upgraded = Store(path)
     assert upgraded.schema_version() == 2
     assert "note" in [r[1] for r in upgraded._conn().execute("PRAGMA table_info(prompts)")]
     assert len(upgraded.candidates(1)) == 2  # data kept
     upgraded.close()
     # A migration that fails leaves the file at its old version, untouched.
-    broken = [*store_module.MIGRATIONS, extra, ["ALTER TABLE prompts ADD COLUMN x", "NOT SQL"]]
-    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
+    broken = [*schema.MIGRATIONS, extra, ["ALTER TABLE prompts ADD COLUMN x", "NOT SQL"]]
+    monkeypatch.setattr(schema, "MIGRATIONS", broken)
     with pytest.raises(sqlite3.OperationalError):
         Store(path)
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
     with pytest.raises(StoreError, match="schema version 2 is newer"):
         Store(path)
 
@@ -311,194 +290,24 @@ def test_concurrent_annotators_never_double_a_slot(db: Store, tmp_path: Path) ->
     assert stored == {r for _, _, r in acknowledged}
 
 
-# -- export ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ranked(db: Store, clock: Clock) -> Store:
-    """Prompt 1 ranked by alice (with a tie) and bob; prompt 2 by alice only."""
-    a = db.lease("alice", per_prompt=2)
-    db.submit_ranking(
-        "alice", a.token, by_position(db, "alice", 1, [1, 2, 2, 3]), tie=True, per_prompt=2
-    )
-    clock.now += 1
-    b = db.lease("bob", per_prompt=2)
-    db.submit_ranking("bob", b.token, by_position(db, "bob", 1, [2, 1, 3, 4]), per_prompt=2)
-    clock.now += 1
-    a2 = db.lease("alice", per_prompt=2)
-    assert a2.prompt_id == 2
-    db.submit_ranking("alice", a2.token, by_position(db, "alice", 2, [4, 3, 2, 1]), per_prompt=2)
-    return db
-
-
-def test_export_rankings_rows_exactly(ranked: Store) -> None:
-    rows = list(export_rows(ranked, "rankings"))
-    prompt1, prompt2 = user_prompt("p1"), user_prompt("p2")
-    assert rows == [
-        {
-            "ranking_id": 1,
-            "prompt_id": 1,
-            "prompt": prompt1,
-            "completions": ["a0", "a1", "a2", "a3"],
-            "ranks": [1, 2, 2, 3],
-            "annotator": "alice",
-        },
-        {
-            "ranking_id": 2,
-            "prompt_id": 1,
-            "prompt": prompt1,
-            "completions": ["a1", "a0", "a2", "a3"],
-            "ranks": [1, 2, 3, 4],
-            "annotator": "bob",
-        },
-        {
-            "ranking_id": 3,
-            "prompt_id": 2,
-            "prompt": prompt2,
-            "completions": ["b3", "b2", "b1", "b0"],
-            "ranks": [1, 2, 3, 4],
-            "annotator": "alice",
-        },
-    ]
-    assert [r["ranking_id"] for r in export_rows(ranked, "rankings", min_annotators=2)] == [1, 2]
-
-
-def pair(prompt: str, chosen: str, rejected: str, ranking: int, who: str, **extra) -> dict:
-    return {
-        "prompt": user_prompt(prompt),
-        "chosen": [{"role": "assistant", "content": chosen}],
-        "rejected": [{"role": "assistant", "content": rejected}],
-        "ranking_id": ranking,
-        "annotator": who,
-        **extra,
-    }
-
-
-def test_export_pairs_leave_ties_out_unless_asked(ranked: Store) -> None:
-    rows = list(export_rows(ranked, "pairs", min_annotators=2))
-    assert rows[:5] == [
-        pair("p1", "a0", "a1", 1, "alice"),
-        pair("p1", "a0", "a2", 1, "alice"),
-        pair("p1", "a0", "a3", 1, "alice"),
-        pair("p1", "a1", "a3", 1, "alice"),
-        pair("p1", "a2", "a3", 1, "alice"),
-    ]
-    assert len(rows) == 5 + 6  # alice's tie drops one of six pairs; bob's six all count
-    with_ties = list(export_rows(ranked, "pairs", min_annotators=2, include_ties=True))
-    assert len(with_ties) == 12
-    assert with_ties[3] == pair("p1", "a1", "a2", 1, "alice", tie=True)
-    assert with_ties[0] == pair("p1", "a0", "a1", 1, "alice", tie=False)
-
-
-def test_mean_rank_aggregation(ranked: Store) -> None:
-    rows = list(export_rows(ranked, "rankings", aggregate="mean-rank"))
-    # a0: (1+2)/2, a1: (2+1)/2 -> tied at 1.5; a2: (2+3)/2; a3: (3+4)/2.
-    assert rows[0] == {
-        "ranking_id": 1,
-        "prompt_id": 1,
-        "prompt": user_prompt("p1"),
-        "completions": ["a0", "a1", "a2", "a3"],
-        "ranks": [1, 1, 2, 3],
-        "annotator": "alice+bob",
-    }
-    assert rows[1]["annotator"] == "alice" and rows[1]["ranks"] == [1, 2, 3, 4]
-    pairs = list(export_rows(ranked, "pairs", aggregate="mean-rank", min_annotators=2))
-    assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        ("a0", "a2"),
-        ("a0", "a3"),
-        ("a1", "a2"),
-        ("a1", "a3"),
-        ("a2", "a3"),
-    ]
-
-
-def test_export_files_jsonl_and_datasets(ranked: Store, tmp_path: Path) -> None:
-    out = tmp_path / "out" / "pairs.jsonl"
-    result = export(ranked, "pairs", out, save_to_disk=tmp_path / "hf")
-    lines = out.read_text(encoding="utf-8").splitlines()
-    assert result.rows == len(lines) == 17  # 5 + 6 from prompt 1, 6 from prompt 2
-    assert json.loads(lines[0]) == pair("p1", "a0", "a1", 1, "alice")
-    import datasets
-
-    loaded = datasets.load_from_disk(str(tmp_path / "hf"))
-    assert loaded.num_rows == 17 and loaded[0]["chosen"] == [{"role": "assistant", "content": "a0"}]
-    with pytest.raises(DataError, match="nothing to write"):
-        export(ranked, "pairs", None)
-    with pytest.raises(DataError, match="--min-annotators 0"):
-        export(ranked, "pairs", out, min_annotators=0)
-
-
-def test_export_and_agreement_cli(
-    ranked: Store, tmp_path: Path, capsys: pytest.CaptureFixture
+def test_current_rankings_read_through_a_connection_with_the_pragmas(
+    db: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from alignment.cli import main
+    lease = db.lease("alice")
+    db.submit_ranking("alice", lease.token, [1, 2, 3, 4])
+    opened: list[sqlite3.Connection] = []
+    connect = connection.connect
 
-    out = tmp_path / "rankings.jsonl"
-    main(
-        [
-            "export",
-            "--db",
-            str(ranked.path),
-            "--format",
-            "rankings",
-            "--out",
-            str(out),
-            "--min-annotators",
-            "2",
-        ]
-    )
-    assert [json.loads(line)["ranking_id"] for line in out.read_text().splitlines()] == [1, 2]
-    main(["agreement", "--db", str(ranked.path), "--json"])
-    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert report["prompts_compared"] == 1 and report["annotator_pairs"] == 1
-    with pytest.raises(SystemExit) as exit_info:
-        main(["export", "--db", str(tmp_path / "missing.db"), "--out", str(out)])
-    assert exit_info.value.code == 2
-    assert "missing.db: ranking database not found" in capsys.readouterr().err
+    def recording_connect(path: Path) -> sqlite3.Connection:
+        opened.append(connect(path))
+        return opened[-1]
 
-
-# -- agreement -------------------------------------------------------------------------------
-
-
-def test_krippendorff_alpha_matches_the_published_example() -> None:
-    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", 4 coders x 12 units.
-    n = None
-    coders = [
-        [1, 2, 3, 3, 2, 1, 4, 1, 2, n, n, n],
-        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, n, 3],
-        [n, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, n],
-        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, n],
-    ]
-    units = [[v for v in column if v is not None] for column in zip(*coders, strict=True)]
-    assert krippendorff_alpha(units, "nominal") == pytest.approx(0.743, abs=5e-4)
-    assert krippendorff_alpha(units, "ordinal") == pytest.approx(0.815, abs=5e-4)
-    assert krippendorff_alpha(units, "interval") == pytest.approx(0.849, abs=5e-4)
-    assert krippendorff_alpha([[1, 1], [1, 1]]) is None  # no variation: undefined
-    assert krippendorff_alpha([[1, 1], [2, 2], [3, 3]]) == pytest.approx(1.0)
-
-
-def test_kendall_tau_b_agrees_with_scipy() -> None:
-    scipy_stats = pytest.importorskip("scipy.stats")
-    cases = [
-        ([1, 2, 3, 4], [1, 2, 3, 4]),
-        ([1, 2, 3, 4], [4, 3, 2, 1]),
-        ([1, 2, 2, 3], [2, 1, 3, 3]),
-        ([1, 1, 2, 3, 4], [2, 1, 1, 4, 3]),
-    ]
-    for x, y in cases:
-        assert kendall_tau_b(x, y) == pytest.approx(scipy_stats.kendalltau(x, y).statistic)
-    assert kendall_tau_b([1, 1, 1], [1, 2, 3]) is None
-
-
-def test_agreement_report(ranked: Store) -> None:
-    report = agreement(ranked.current_rankings(min_annotators=2))
-    assert [p.prompt_id for p in report.prompts] == [1]
-    # alice [1,2,2,3] vs bob [2,1,3,4] by position: 4 concordant, 1 discordant, 1 tie in alice.
-    assert report.prompts[0].tau == pytest.approx(kendall_tau_b([1, 2, 2, 3], [2, 1, 3, 4]))
-    assert report.mean_tau == report.prompts[0].tau
-    assert report.alpha == pytest.approx(
-        krippendorff_alpha([[1, 2], [2, 1], [2, 3], [3, 4]], "ordinal")
-    )
+    monkeypatch.setattr(connection, "connect", recording_connect)
+    rankings = db.current_rankings()
+    assert next(rankings).ranking_id == 1
+    [snapshot] = opened  # a connection of its own, opened by the one function that sets pragmas
+    assert_store_pragmas(snapshot)
+    rankings.close()
 
 
 def test_errors_are_user_errors() -> None:

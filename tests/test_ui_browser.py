@@ -23,7 +23,14 @@ from playwright.sync_api import Page, expect  # noqa: E402
 
 from alignment.cli import main  # noqa: E402
 from alignment.store import Store  # noqa: E402
-from tests.ranking_support import PASSWORDS, ROLES, fill_store, free_port, write_annotators  # noqa: E402
+from tests.ranking_support import (  # noqa: E402
+    PASSWORDS,
+    ROLES,
+    fill_store,
+    free_port,
+    pair,
+    write_annotators,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -285,15 +292,6 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
     # The exported pairs, exactly.
     out = db.parent / "pairs.jsonl"
     main(["export", "--db", str(db), "--format", "pairs", "--out", str(out)])
-
-    def pair(prompt: str, chosen: str, rejected: str, ranking: int, who: str) -> dict:
-        return {
-            "prompt": [{"role": "user", "content": prompt}],
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}],
-            "ranking_id": ranking,
-            "annotator": who,
-        }
 
     colours, html = "Name a primary colour.", "Show me some HTML."
     assert downloaded == out.read_text(encoding="utf-8")  # the admin's button, the same file

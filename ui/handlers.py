@@ -1,0 +1,211 @@
+"""The page's event handlers: each turns one browser event into a RankingService call and returns
+the component updates that show the result. A refusal changes only the message line, so the form
+stays exactly as the annotator left it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from alignment.errors import AlignmentError
+from alignment.export import Aggregate, Format
+from alignment.store import Lease, SubmissionError
+
+from .render import render_conversation, render_text
+from .service import RankingService
+from .views import RankingView
+
+EMPTY_QUEUE = (
+    "<p><strong>Your queue is empty.</strong> Thank you! Check back later for new prompts.</p>"
+)
+
+
+def score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def admin_tables(stats: dict[str, Any]) -> list[Any]:
+    """The admin tab's summary line, per-annotator rows and per-prompt agreement rows."""
+    report = stats["agreement"]
+    summary = (
+        f"**Prompts with 2+ rankings:** {report['prompts_compared']} · "
+        f"**mean Kendall's tau-b:** {score(report['mean_kendall_tau_b'])} · "
+        f"**Krippendorff's alpha (ordinal):** {score(report['krippendorff_alpha_ordinal'])}"
+        f" · **current rankings:** {stats['counts']['current_rankings']} · "
+        f"**skips:** {stats['counts']['current_skips']}"
+    )
+    people = [
+        [a["name"], a["role"], a["rankings"], a["skips"], a["today"]] for a in stats["annotators"]
+    ]
+    prompts = [
+        [
+            p["prompt_id"],
+            ", ".join(p["annotators"]),
+            score(p["kendall_tau_b"]),
+            score(p["krippendorff_alpha_ordinal"]),
+        ]
+        for p in report["per_prompt"]
+    ]
+    return [summary, people, prompts]
+
+
+class PageHandlers:
+    """The handlers of one page (its Rank tab is `view`); `on_*` methods are wired to the page's
+    events in app.py."""
+
+    def __init__(self, service: RankingService, view: RankingView) -> None:
+        self.service = service
+        self.view = view
+        self.form = view.form
+        self.slots = len(view.boxes)
+
+    def show(self, name: str, lease: Lease | None, raw_text: bool, note: str) -> list[Any]:
+        """Updates for `form`: the leased prompt and its answers (or the empty queue), the
+        retracted ranks after an undo, `note` as the message, and fresh progress."""
+        done, left = self.service.progress(name)
+        progress_text = f"**Done today:** {done} · **Left in queue:** {left}"
+        slots = range(self.slots)
+        if lease is None:
+            return [
+                None,
+                EMPTY_QUEUE,
+                *[gr.update(visible=False) for _ in slots],
+                *["" for _ in slots],
+                *[gr.update(choices=[], value=None) for _ in slots],
+                False,
+                note,
+                progress_text,
+            ]
+        k = len(lease.texts)
+        if k > self.slots:
+            note += (
+                f"\n\n**Warning:** this prompt has {k} answers but the page shows {self.slots}: "
+                "restart `align ui`."
+            )
+        previous = lease.previous_ranks or [None] * k
+        return [
+            {"token": lease.token, "prompt": lease.messages, "answers": lease.texts},
+            render_conversation(lease.messages, raw_text),
+            *[gr.update(visible=i < k) for i in slots],
+            *[render_text(lease.texts[i], raw_text) if i < k else "" for i in slots],
+            *[
+                gr.update(choices=list(range(1, k + 1)), value=previous[i])
+                if i < k
+                else gr.update(choices=[], value=None)
+                for i in slots
+            ],
+            bool(lease.previous_ranks) and len(set(previous)) < k,
+            note,
+            progress_text,
+        ]
+
+    def refused(self, err: Exception, heading: str = "**Not saved.** ") -> list[Any]:
+        """Updates for `form` that change only the message."""
+        updates: list[Any] = [gr.skip() for _ in self.form]
+        updates[self.form.index(self.view.message)] = f"{heading}{err}"
+        return updates
+
+    def on_load(self, raw_text: bool, request: gr.Request) -> list[Any]:
+        """Sign-in line, admin tab visibility, and the annotator's current or next prompt."""
+        try:
+            name, role = self.service.user(request)
+        except SubmissionError as err:
+            return ["", gr.update(visible=False), *self.refused(err)]
+        lease = self.service.next(name)
+        sign_out = "" if self.service.registry is None else " · [Sign out](logout)"
+        return [
+            f"Signed in as **{name}** ({role}){sign_out}",
+            gr.update(visible=role == "admin"),
+            *self.show(name, lease, raw_text, ""),
+        ]
+
+    def on_submit(self, values: dict, request: gr.Request) -> list[Any]:
+        # A set of inputs arrives as one dict keyed by component (K varies per prompt).
+        view = self.view
+        current, allow_tie, raw_text = values[view.state], values[view.tie], values[view.raw]
+        ranks = [values[radio] for radio in view.ranks]
+        try:
+            name, _ = self.service.user(request)
+            if not current:
+                raise SubmissionError("Nothing to submit: your queue is empty.")
+            k = len(current["answers"])
+            ranking_id, lease = self.service.submit(
+                name, current["token"], list(ranks[:k]), allow_tie
+            )
+        except SubmissionError as err:
+            return self.refused(err)
+        note = f"**Saved** ranking #{ranking_id}." + (" Next prompt below." if lease else "")
+        return self.show(name, lease, raw_text, note)
+
+    def on_skip(
+        self, current: dict | None, reason: str, note: str, raw_text: bool, request: gr.Request
+    ) -> list[Any]:
+        """Updates for `form`, then the skip reason and note (cleared once saved)."""
+        try:
+            name, _ = self.service.user(request)
+            if not current:
+                raise SubmissionError("Nothing to skip: your queue is empty.")
+            skip_id, lease = self.service.skip(name, current["token"], reason, note)
+        except SubmissionError as err:
+            return [*self.refused(err), gr.skip(), gr.skip()]
+        text = f"**Skipped** (#{skip_id})." + (" Next prompt below." if lease else "")
+        return [*self.show(name, lease, raw_text, text), None, ""]
+
+    def on_undo(self, raw_text: bool, request: gr.Request) -> list[Any]:
+        try:
+            name, _ = self.service.user(request)
+            undone = self.service.undo(name)
+        except SubmissionError as err:
+            return self.refused(err)
+        if undone is None:
+            return self.refused(SubmissionError("Nothing to undo."), heading="")
+        what = "ranking" if undone.kind == "ranking" else "skip"
+        text = (
+            f"**Undid** your {what} #{undone.row_id}. It is back below: change it and submit "
+            "again (the old one stays in the history)."
+        )
+        return self.show(name, undone.lease, raw_text, text)
+
+    def on_refresh(self, raw_text: bool, request: gr.Request) -> list[Any]:
+        try:
+            name, _ = self.service.user(request)
+        except SubmissionError as err:
+            return self.refused(err)
+        return self.show(name, self.service.next(name), raw_text, "")
+
+    def on_raw(self, current: dict | None, raw_text: bool) -> list[Any]:
+        """Re-render the prompt and answers on screen, as markdown or as raw text."""
+        if not current:
+            return [gr.skip() for _ in (self.view.prompt, *self.view.answers)]
+        answers = current["answers"]
+        return [
+            render_conversation(current["prompt"], raw_text),
+            *[
+                render_text(answers[i], raw_text) if i < len(answers) else ""
+                for i in range(self.slots)
+            ],
+        ]
+
+    def on_admin(self, request: gr.Request) -> list[Any]:
+        try:
+            _, role = self.service.user(request)
+            stats = self.service.admin_stats(role)
+        except SubmissionError as err:
+            return [f"**Not allowed.** {err}", gr.skip(), gr.skip()]
+        return admin_tables(stats)
+
+    def on_export(
+        self,
+        fmt: Format,
+        aggregate: Aggregate,
+        min_annotators: float,
+        ties: bool,
+        request: gr.Request,
+    ) -> list[Any]:
+        try:
+            _, role = self.service.user(request)
+            result = self.service.export(role, fmt, aggregate, int(min_annotators or 1), ties)
+        except AlignmentError as err:
+            return [f"**Export failed.** {err}", None]
+        return [f"Exported {result.rows} {fmt} rows.", str(result.out)]
