@@ -100,10 +100,8 @@ def _run_stage(recipe: Recipe, stage: str) -> bool:
     elif stage == "rm":
         from alignment.rm import run_rm
 
-        data = _export(recipe, "rankings", run / "comparisons.jsonl")
         run_rm(
-            recipe.model_copy(update={"rm": recipe.rm.model_copy(update={"data": str(data)})}),
-            resume=resume,
+            _reading(recipe, "rm", _export(recipe, "rankings", run / "comparisons.jsonl")), resume
         )
     elif stage == "ppo":
         from alignment.ppo import run_ppo
@@ -112,11 +110,7 @@ def _run_stage(recipe: Recipe, stage: str) -> bool:
     elif stage == "dpo":
         from alignment.dpo import run_dpo
 
-        data = _export(recipe, "pairs", run / "pairs.jsonl")
-        run_dpo(
-            recipe.model_copy(update={"dpo": recipe.dpo.model_copy(update={"data": str(data)})}),
-            resume=resume,
-        )
+        run_dpo(_reading(recipe, "dpo", _export(recipe, "pairs", run / "pairs.jsonl")), resume)
     elif stage == "eval":
         from alignment.evaluate import run_eval
 
@@ -150,6 +144,12 @@ def _rank(recipe: Recipe) -> bool:
         f"--annotators annotators.yaml`, then continue with `align run <recipe> --from rm`."
     )
     return False
+
+
+def _reading(recipe: Recipe, stage: str, data: Path) -> Recipe:
+    """The recipe with `<stage>.data` set to the run's own export."""
+    section = getattr(recipe, stage)
+    return recipe.model_copy(update={stage: section.model_copy(update={"data": str(data)})})
 
 
 def _export(recipe: Recipe, fmt: str, out: Path) -> Path:

@@ -29,20 +29,13 @@ from peft import PeftModel
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from alignment import cpu
+from alignment import cpu, trainers
 from alignment.adapters import check_same_base, input_adapter
 from alignment.config import Recipe
 from alignment.errors import DataError, RunStateError
 from alignment.models import cast_adapter, compute_dtype, load_model
 from alignment.preferences import Comparison
 from alignment.runs import metric_callbacks
-from alignment.trainers import (
-    keep_trainable_params_in,
-    read_preference_splits,
-    save_trainer_stage,
-    start_trainer_stage,
-    trainer_arguments,
-)
 
 log = logging.getLogger(__name__)
 POLICY = "default"  # the adapter name DPOTrainer trains; it adds the frozen "ref" copy itself
@@ -92,7 +85,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     set_seed(recipe.seed)
     cpu.tune_process()
     # All data is read and checked before the (slow) model load, so bad rows fail fast.
-    data, _, train_comparisons, eval_comparisons = read_preference_splits(recipe, cfg)
+    data, _, train_comparisons, eval_comparisons = trainers.read_preference_splits(recipe, cfg)
     check_one_kind([*train_comparisons, *eval_comparisons])
     train_rows = preference_rows(train_comparisons)
     eval_rows = preference_rows(eval_comparisons)
@@ -100,7 +93,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         log.warning("%s: DPO has no use for `margin`; it is ignored", cfg.data)
     sft_dir = input_adapter(recipe, cfg.sft_adapter, "dpo.sft_adapter", "sft")
 
-    start = start_trainer_stage(recipe, "dpo", resume)
+    start = trainers.start(recipe, "dpo", resume)
     check_same_base(sft_dir, start.source, "SFT")
     model = PeftModel.from_pretrained(
         load_model(recipe.model, source=start.source),
@@ -111,7 +104,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     dtype = compute_dtype(recipe.model)
     evaluation = Dataset.from_list(eval_rows) if eval_rows else None
     args = DPOConfig(
-        **trainer_arguments(recipe, cfg, start, evaluate=evaluation is not None),
+        **trainers.arguments(recipe, cfg, start, evaluate=evaluation is not None),
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         label_smoothing=cfg.label_smoothing,
@@ -130,7 +123,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         raise RunStateError(f"{sft_dir}: DPOTrainer made no frozen reference copy of this adapter")
     # TRL casts a quantized model's trainable adapter to bf16, and PEFT loads the reference copy in
     # float32. Keeping both in the compute dtype makes policy and reference agree exactly at step 0.
-    keep_trainable_params_in(trainer.model, dtype)
+    trainers.keep_trainable_params_in(trainer.model, dtype)
     cast_adapter(trainer.model, "ref", dtype)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
@@ -165,6 +158,6 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     card_metrics = dict(summary)
     summary["data"] = data.report()
 
-    save_trainer_stage(trainer, start, recipe, "dpo", summary, card_metrics, adapters=[POLICY])
+    trainers.save(trainer, start, recipe, "dpo", summary, card_metrics, adapters=[POLICY])
     log.info("DPO adapter saved to %s: %s", start.out, card_metrics)
     return DPOOutcome(start.out, trainer.model, summary)

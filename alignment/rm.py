@@ -41,7 +41,7 @@ from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import suppress_seqcls_warning
 
-from alignment import cpu
+from alignment import cpu, trainers
 from alignment.config import LoraConfig, Recipe
 from alignment.errors import RecipeError, RunStateError
 from alignment.models import base_model_id, compute_dtype, load_model, peft_config
@@ -50,13 +50,6 @@ from alignment.reward.loading import STATS_FILE
 from alignment.reward.metrics import preference_report
 from alignment.reward.scoring import batch_scores, comparison_scores, reward_stats
 from alignment.runs import metric_callbacks, stage_dir
-from alignment.trainers import (
-    keep_trainable_params_in,
-    read_preference_splits,
-    save_trainer_stage,
-    start_trainer_stage,
-    trainer_arguments,
-)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +145,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     set_seed(recipe.seed)
     cpu.tune_process()
     # Read and check all data before the (slow) model load, so bad rows fail fast.
-    train_data, eval_data, train, held = read_preference_splits(recipe, cfg)
+    train_data, eval_data, train, held = trainers.read_preference_splits(recipe, cfg)
     sft_dir = stage_dir(recipe, "sft")
     if cfg.init == "sft" and not (sft_dir / "adapter_config.json").is_file():
         raise RunStateError(
@@ -160,7 +153,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
             "recipe first, or set rm.init=base"
         )
 
-    start = start_trainer_stage(recipe, "rm", resume)
+    start = trainers.start(recipe, "rm", resume)
     tokenizer = start.tokenizer
     train_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in train]
     eval_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in held]
@@ -171,7 +164,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         _load_sft_weights(model, sft_dir, recipe.lora)
 
     args = RewardConfig(
-        **trainer_arguments(recipe, cfg, start, evaluate=bool(eval_rows)),
+        **trainers.arguments(recipe, cfg, start, evaluate=bool(eval_rows)),
         max_length=None,  # encode_comparison truncates, keeping each conversation's end
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,  # the collator needs every column
@@ -188,7 +181,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     )
     # TRL casts a quantized model's trainables (the head too) to bf16; with float32 compute on
     # CPU the hidden states would meet a bf16 head.
-    keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
+    trainers.keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
     result = trainer.train(resume_from_checkpoint=start.resume_from)
     model = trainer.model
     model.eval()
@@ -223,7 +216,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     if eval_data is not None:
         summary["eval_data"] = eval_data.report()
 
-    save_trainer_stage(trainer, start, recipe, "rm", summary, card_metrics)
+    trainers.save(trainer, start, recipe, "rm", summary, card_metrics)
     if not trainer.accelerator.is_main_process:
         return RMOutcome(start.out, model, summary)
     (start.out / STATS_FILE).write_text(

@@ -12,17 +12,11 @@ from peft import PeftModel
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
-from alignment import cpu
+from alignment import cpu, trainers
 from alignment.config import Recipe
 from alignment.data import sft_examples
 from alignment.models import compute_dtype, load_model, peft_config
 from alignment.runs import metric_callbacks
-from alignment.trainers import (
-    keep_trainable_params_in,
-    save_trainer_stage,
-    start_trainer_stage,
-    trainer_arguments,
-)
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +46,11 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     else:
         evaluation = None
 
-    start = start_trainer_stage(recipe, "sft", resume)
+    start = trainers.start(recipe, "sft", resume)
     model = load_model(recipe.model, source=start.source)
 
     args = SFTConfig(
-        **trainer_arguments(recipe, cfg, start, evaluate=evaluation is not None),
+        **trainers.arguments(recipe, cfg, start, evaluate=evaluation is not None),
         max_length=cfg.max_length,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=cfg.padding_free,
@@ -70,7 +64,7 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         peft_config=peft_config(recipe.lora),
         callbacks=metric_callbacks(start.out),
     )
-    keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
+    trainers.keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
     result = trainer.train(resume_from_checkpoint=start.resume_from)
 
     summary = {
@@ -82,6 +76,6 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     if evaluation is not None:
         summary["eval_examples"] = len(evaluation)
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
-    save_trainer_stage(trainer, start, recipe, "sft", summary)
+    trainers.save(trainer, start, recipe, "sft", summary)
     log.info("SFT adapter saved to %s: %s", start.out, summary)
     return SFTOutcome(start.out, trainer.model, summary)

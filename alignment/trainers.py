@@ -1,7 +1,8 @@
 """What the Trainer-based stages (sft, rm, dpo) share: TRL arguments, held-out data, resume rules.
 
-Each of those stages reads its data, loads the base, builds one TRL trainer from
-`trainer_arguments(...)` plus its own few options, trains, and saves a PEFT adapter directory.
+Each of those stages reads its data, `start`s (run directory, resume rule, tokenizer), loads the
+base, builds one TRL trainer from `arguments(...)` plus its own few options, trains, and `save`s a
+PEFT adapter directory. Stages call these qualified: `trainers.start(recipe, "sft", resume)`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class StageStart:
     tokenizer: PreTrainedTokenizerBase
 
 
-def start_trainer_stage(recipe: Recipe, stage: str, resume: bool) -> StageStart:
+def start(recipe: Recipe, stage: str, resume: bool) -> StageStart:
     """Create the stage directory, apply the resume rules, and load the base's tokenizer."""
     out = start_stage(recipe, stage)
     checkpoints = out / "checkpoints"
@@ -47,7 +48,7 @@ def start_trainer_stage(recipe: Recipe, stage: str, resume: bool) -> StageStart:
     return StageStart(out, checkpoints, resume_from, source, load_tokenizer(recipe.model, source))
 
 
-def save_trainer_stage(
+def save(
     trainer: Trainer,
     start: StageStart,
     recipe: Recipe,
@@ -66,7 +67,7 @@ def save_trainer_stage(
     trainer.accelerator.wait_for_everyone()
 
 
-def trainer_arguments(
+def arguments(
     recipe: Recipe, cfg: TrainerSection, start: StageStart, evaluate: bool
 ) -> dict[str, Any]:
     """Keyword arguments every TRL config (SFTConfig, RewardConfig, DPOConfig) takes alike."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from common import ROOT, Measured, machine, run_measured, threads_env, trainer_logs
 
 from alignment.config import ModelConfig
+from alignment.dpo import preference_rows
 from alignment.models import load_tokenizer, resolve_model
 from alignment.preferences import read_preferences
 from alignment.tokens import conversation_ids
@@ -43,17 +44,7 @@ DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
 
 def trl_rows(source: Path) -> list[dict]:
     """The HH pairs as TRL conversational preference rows, read by the same code as ours."""
-    rows = []
-    for comparison in read_preferences(str(source)).comparisons:
-        for better, worse in comparison.pairs:
-            rows.append(
-                {
-                    "prompt": comparison.prompt,
-                    "chosen": comparison.answers[better],
-                    "rejected": comparison.answers[worse],
-                }
-            )
-    return rows
+    return preference_rows(read_preferences(str(source)).comparisons)
 
 
 def train_seconds(run: Measured) -> float:
