@@ -1,6 +1,8 @@
-"""Ranking store and app: submit rate and latency under concurrent load, and export rate at 100k.
+"""Ranking store and app: submit rate and latency under concurrent load, cost per action at 1k and
+1M prompts, and export rate at 100k.
 
-    python bench/ranking_load.py [--clients 20] [--per-client 25] [--rankings 100000]
+    python bench/ranking_load.py [--clients 20] [--per-client 25] [--sizes 1000 1000000]
+                                 [--rankings 100000]
 
 1. A real `align ui` process on 127.0.0.1 with a fresh database; CLIENTS annotator threads sign
    in, lease via /next, then each submits PER_CLIENT rankings through /submit (which stores the
@@ -8,8 +10,14 @@
    and p50/p95/p99 of /submit as the client sees it, then checks that every acknowledged ranking
    is stored exactly once. Baselines, same run, same database shape, same thread count, no HTTP:
    the store's `lease` + `submit_ranking`, and `submit_and_next` (the store call /submit makes).
-2. A database with 100k rankings (K=4, 2 annotators per prompt), then `export_rows` written to
-   JSONL in both formats, as rows/s. Baseline: reading `current_rankings()` alone, no JSON.
+2. Flat cost: a store of 1,000 and one of 1,000,000 prompts (K=4), half of each complete (2
+   rankings per prompt), built by bulk inserts (`bulk_store`); then, in this process, one thread,
+   the public calls with `synchronous=FULL`: `lease` + `submit_ranking` cycles over 20
+   annotators, then `undo` (each followed by a new submission) and `progress`. Prints p50/p95
+   of each at both sizes and the 1M / 1k ratio.
+3. A database with 100k rankings (K=4, 2 annotators per prompt, `bulk_store`), then
+   `export_rows` written to JSONL in both formats, as rows/s. Baseline: reading
+   `current_rankings()` alone, no JSON.
 
 The load reuses the load test's helpers (tests/ranking_support.py, tests/test_ui_load.py). Every
 loop is bounded in count and time; the only address used is 127.0.0.1.
@@ -41,10 +49,11 @@ from common import ROOT, machine
 sys.path.insert(0, str(ROOT))
 
 from alignment.export import export_rows, write_jsonl
-from alignment.store import NewCandidate, Store, leasing, submissions
-from alignment.store.annotators import annotator_id
+from alignment.store import Store
 from tests.ranking_support import (
     ApiSession,
+    answer_text,
+    bulk_store,
     fill_store,
     free_port,
     spawn_server,
@@ -61,14 +70,6 @@ from tests.test_ui_load import (
 )
 
 PER_PROMPT = 2  # annotators per prompt, as in the load test
-CHUNK = 5000  # rankings per transaction when building the 100k database
-FILLER = "The answer explains the point step by step, with an example and a short summary. "
-
-
-def answer_text(prompt: int, position: int, chars: int) -> str:
-    """A distinct answer of about `chars` characters (roughly a 64-token sampled answer)."""
-    head = f"Answer {position} to question {prompt}. "
-    return head + (FILLER * (chars // len(FILLER) + 1))[: max(0, chars - len(head))]
 
 
 def prompt_specs(count: int, chars: int) -> list[tuple[str, list[str]]]:
@@ -288,65 +289,71 @@ def timed(label: str, fn: Callable[[], int], out: Path | None = None) -> Timed:
     return Timed(label, rows, seconds, size, load_average())
 
 
-def build_100k(args: argparse.Namespace, db: Path) -> tuple[list[Timed], float]:
-    """The export database: rankings/PER_PROMPT prompts, each ranked by PER_PROMPT annotators.
-
-    The public path, one `lease` + `submit_ranking` per ranking, is far too slow here: two fsyncs
-    per ranking, and `lease` scans the queue from the first prompt, so each call costs more as
-    prompts fill up (timed below, on the finished database). So rankings go through the store's
-    own transaction and submit code (`Store._write`, `leasing.open_lease`,
-    `submissions.submit_ranking`: the same checks and rows as `Store.submit_ranking`, leases on
-    chosen prompts), CHUNK rankings per transaction. Prompts go through the public `add_sampled`,
-    with `synchronous=OFF` on this throwaway build connection.
-    """
+def build_export_db(args: argparse.Namespace, db: Path) -> Timed:
+    """The export database: rankings/PER_PROMPT prompts, each ranked by PER_PROMPT annotators."""
     prompts = math.ceil(args.rankings / PER_PROMPT)
-    names = [f"annotator{i:02d}" for i in range(20)]
-    store = Store(db)
-    store._conn().execute("PRAGMA synchronous = OFF")  # build only; durability is not measured
 
-    def add_prompts() -> int:
-        for n, (text, answers) in enumerate(prompt_specs(prompts, args.answer_chars), start=1):
-            store.add_sampled(
-                [{"role": "user", "content": text}],
-                [
-                    NewCandidate(a, "bench-model", {"temperature": 1.0}, seed=j)
-                    for j, a in enumerate(answers)
-                ],
-                source=f"bench:{n}",
-            )
-        return prompts
+    def build() -> int:
+        bulk_store(db, prompts, prompts, PER_PROMPT, K, answer_chars=args.answer_chars).close()
+        return prompts * PER_PROMPT
 
-    def add_rankings() -> int:
-        store.sync_annotators([(name, "annotator") for name in names])
-        rng = random.Random(0)
-        ids = [row[0] for row in store._conn().execute("SELECT id FROM prompts ORDER BY id")]
-        # Ranking r goes to prompt r // PER_PROMPT, by annotators that differ within a prompt.
-        jobs = [(ids[r // PER_PROMPT], names[r % len(names)]) for r in range(args.rankings)]
-        for start in range(0, len(jobs), CHUNK):
-            with store._write() as conn:
-                for prompt_id, name in jobs[start : start + CHUNK]:
-                    now = store.clock()
-                    annotator = annotator_id(conn, name)
-                    token = leasing.open_lease(conn, annotator, prompt_id, now, 600.0)
-                    ranks = rng.sample(range(1, K + 1), K)  # no ties: K-choose-2 pairs each
-                    submissions.submit_ranking(conn, name, token, ranks, False, PER_PROMPT, now)
-        return len(jobs)
+    return timed(f"build: {prompts} prompts x {K} answers, all ranked, `bulk_store`", build)
 
-    steps = [
-        timed(f"build: {prompts} prompts x {K} candidates via `add_sampled`", add_prompts),
-        timed(f"build: rankings via the store's submit path, {CHUNK}/transaction", add_rankings),
-    ]
-    # One public `lease` on the full database: a scan over every prompt that finds none free.
+
+@dataclass
+class FlatRun:
+    """Latencies (seconds) of the public calls on a store of `prompts` prompts."""
+
+    prompts: int
+    build_seconds: float
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    load: str = ""
+
+    def time(self, label: str, call: Callable[[], object]) -> object:
+        started = time.perf_counter()
+        result = call()
+        self.latencies.setdefault(label, []).append(time.perf_counter() - started)
+        return result
+
+
+FLAT_LABELS = ("lease + submit", "lease", "submit", "undo", "progress")
+
+
+def flat_cost(args: argparse.Namespace, work: Path, prompts: int) -> FlatRun:
+    """Public calls, one thread, on a store of `prompts` prompts with half of them complete."""
+    db = work / f"flat-{prompts}.db"
     started = time.perf_counter()
-    store.lease(names[0], PER_PROMPT)
-    scan = time.perf_counter() - started
+    store = bulk_store(db, prompts, prompts // 2, PER_PROMPT, K)
+    run = FlatRun(prompts, time.perf_counter() - started)
+    names = [f"annotator{i:02d}" for i in range(20)]
+    rng = random.Random(prompts)
+    for cycle in range(args.cycles):
+        name = names[cycle % len(names)]
+        started = time.perf_counter()
+        lease = run.time("lease", lambda name=name: store.lease(name, PER_PROMPT))
+        ranks = rng.sample(range(1, K + 1), K)
+        run.time(
+            "submit",
+            lambda name=name, lease=lease, ranks=ranks: store.submit_ranking(
+                name, lease.token, ranks, False, PER_PROMPT
+            ),
+        )
+        run.latencies.setdefault("lease + submit", []).append(time.perf_counter() - started)
+        run.time("progress", lambda name=name: store.progress(name, PER_PROMPT, time.time() - 3600))
+    for cycle in range(args.cycles // 4):
+        name = names[cycle % len(names)]
+        undone = run.time("undo", lambda name=name: store.undo(name))
+        store.submit_ranking(name, undone.lease.token, [1, 2, 3, 4], False, PER_PROMPT)
+    run.load = load_average()
     store.close()
-    return steps, scan
+    for path in work.glob(f"flat-{prompts}.db*"):
+        path.unlink()  # the 1M file is about a gigabyte
+    return run
 
 
-def export_bench(args: argparse.Namespace, work: Path) -> tuple[list[Timed], float]:
+def export_bench(args: argparse.Namespace, work: Path) -> list[Timed]:
     db = work / "export.db"
-    steps, scan = build_100k(args, db)
+    steps = [build_export_db(args, db)]
     store = Store(db)
     pairs_per_ranking = K * (K - 1) // 2
 
@@ -366,13 +373,41 @@ def export_bench(args: argparse.Namespace, work: Path) -> tuple[list[Timed], flo
         out.unlink()  # hundreds of MB; the size is recorded
     store.close()
     assert steps[-1].rows == args.rankings * pairs_per_ranking, steps[-1].rows
-    return steps, scan
+    return steps
+
+
+def print_flat(runs: list[FlatRun]) -> None:
+    print(
+        f"## Cost per call at {' and '.join(f'{r.prompts:,}' for r in runs)} prompts: half "
+        f"complete ({PER_PROMPT} rankings each), K={K}, public calls, one thread, synchronous=FULL"
+    )
+    header = " | ".join(f"{label} p50 / p95 ms" for label in FLAT_LABELS)
+    print(f"| prompts | build s | {header} | load avg after |")
+    print("| --- " * (len(FLAT_LABELS) + 3) + "|")
+    for run in runs:
+        cells = []
+        for label in FLAT_LABELS:
+            ms = [x * 1000 for x in run.latencies[label]]
+            cells.append(f"{percentile(ms, 50):.1f} / {percentile(ms, 95):.1f}")
+        print(f"| {run.prompts:,} | {run.build_seconds:.0f} | {' | '.join(cells)} | {run.load} |")
+    first, last = runs[0], runs[-1]
+    ratios = ", ".join(
+        f"{label} {percentile(last.latencies[label], 95) / percentile(first.latencies[label], 95):.2f}x"
+        for label in FLAT_LABELS
+    )
+    counts = ", ".join(f"{label} {len(first.latencies[label])}" for label in FLAT_LABELS)
+    print(f"p95 at {last.prompts:,} / p95 at {first.prompts:,}: {ratios}")
+    print(f"calls timed per size: {counts}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=CLIENTS)
     parser.add_argument("--per-client", type=int, default=PER_CLIENT)
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[1_000, 1_000_000], help="prompts, flat-cost part"
+    )
+    parser.add_argument("--cycles", type=int, default=1000, help="lease+submit per size")
     parser.add_argument("--rankings", type=int, default=100_000, help="for the export part")
     parser.add_argument("--answer-chars", type=int, default=300, help="length of each answer")
     parser.add_argument("--time-limit", type=float, default=150, help="seconds, per load run")
@@ -383,14 +418,14 @@ def main() -> None:
     args.prompts = max(PROMPTS, math.ceil(1.2 * args.clients * args.per_client / PER_PROMPT))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-ranking-"))
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     start_load = load_average()
     started = time.perf_counter()
 
     http, verification = http_load(args, work, time.monotonic() + args.time_limit)
     split = store_load(args, work, time.monotonic() + args.time_limit, combined=False)
     combined = store_load(args, work, time.monotonic() + args.time_limit, combined=True)
-    export_steps, scan = export_bench(args, work)
+    flat = [flat_cost(args, work, size) for size in args.sizes]
+    export_steps = export_bench(args, work)
 
     total = time.perf_counter() - started
     print(f"# Ranking store and app benchmark, {date.today()}, {machine()}")
@@ -419,6 +454,8 @@ def main() -> None:
         "it; the store baselines time the store calls for one ranking (lease included)."
     )
     print()
+    print_flat(flat)
+    print()
     print(f"## Export of {args.rankings} rankings (K={K}, no ties)")
     print("| step | rows | s | rows/s | file MB | load avg after |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -432,12 +469,6 @@ def main() -> None:
         f"pairs export: {pairs.rate:.0f} pairs/s = {pairs.rate / (K * (K - 1) // 2):.0f} rankings/s, "
         f"{pairs.seconds / read.seconds:.1f}x the bare read time; rankings export "
         f"{rankings.seconds / read.seconds:.1f}x the bare read time"
-    )
-    public_estimate = args.rankings / split.rate + args.rankings * scan / 2
-    print(
-        f"why not the public API for the build: one `lease` on the full database takes {scan:.2f} s "
-        f"(it scans every prompt); at the baseline's {split.rate:.0f} rankings/s plus a scan growing "
-        f"to that, {args.rankings} rankings would take ~{public_estimate / 60:.0f} min"
     )
     print(f"total benchmark wall time {total:.0f} s; work dir {work}")
     sys.stdout.flush()

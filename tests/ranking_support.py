@@ -10,12 +10,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from alignment.ui.annotators import Annotator, hash_password, save_annotators
 
-from alignment.store import NewCandidate, Store, display_order
+from alignment.store import NewCandidate, Store, display_order, prompt_key
+
+if TYPE_CHECKING:
+    from alignment.ui.service import RankingService
 
 PASSWORDS = {
     "alice": "alice-secret",
@@ -42,6 +48,73 @@ def fill_store(path: Path, prompts: list[tuple[str, list[str]]]) -> Store:
             ],
             source=f"prompts.jsonl:{number}",
         )
+    return store
+
+
+FILLER = "The answer explains the point step by step, with an example and a short summary. "
+
+
+def answer_text(prompt: int, position: int, chars: int) -> str:
+    """A distinct answer of about `chars` characters (300: roughly a 64-token sampled answer)."""
+    head = f"Answer {position} to question {prompt}. "
+    return head + (FILLER * (chars // len(FILLER) + 1))[: max(0, chars - len(head))]
+
+
+def bulk_store(
+    path: Path,
+    prompts: int,
+    complete: int,
+    per_prompt: int = 2,
+    k: int = 4,
+    annotators: int = 20,
+    answer_chars: int = 0,
+    chunk: int = 50_000,
+) -> Store:
+    """A big store, built fast: `prompts` prompts of K answers (`answer_text`), the first
+    `complete` of them ranked by `per_prompt` of the annotators `annotator00`, `annotator01`, ...
+    each. Rows go in by bulk inserts, `chunk` prompts per transaction, with `synchronous=OFF` on
+    the building connection; the store's triggers keep the queue as they do for any write."""
+    names = [f"annotator{i:02d}" for i in range(annotators)]
+    store = Store(path)
+    store.sync_annotators([(name, "annotator") for name in names])
+    conn = store._conn()
+    conn.execute("PRAGMA synchronous = OFF")  # a throwaway build: durability is not the point
+    ids = dict(conn.execute("SELECT name, id FROM annotators").fetchall())
+    settings = json.dumps(SETTINGS, sort_keys=True)
+    for first in range(1, prompts + 1, chunk):
+        numbers = range(first, min(first + chunk, prompts + 1))
+        with store._write() as write:
+            write.executemany(
+                "INSERT INTO prompts (id, key, messages, source, created_at) VALUES (?, ?, ?, ?, 0)",
+                (
+                    (n, prompt_key(user_prompt(f"q{n}")), json.dumps(user_prompt(f"q{n}")), None)
+                    for n in numbers
+                ),
+            )
+            write.executemany(
+                "INSERT INTO candidates (id, prompt_id, position, text, model, settings, seed, "
+                "created_at) VALUES (?, ?, ?, ?, 'bulk-model', ?, ?, 0)",
+                (
+                    (n * k + j, n, j, answer_text(n, j, answer_chars), settings, j)
+                    for n in numbers
+                    for j in range(k)
+                ),
+            )
+            ranked = [(n, j) for n in numbers if n <= complete for j in range(per_prompt)]
+            write.executemany(
+                "INSERT INTO rankings (id, prompt_id, annotator_id, tie, created_at) "
+                "VALUES (?, ?, ?, 0, ?)",
+                ((n * per_prompt + j, n, ids[names[(n + j) % annotators]], n) for n, j in ranked),
+            )
+            write.executemany(
+                "INSERT INTO ranking_items (ranking_id, candidate_id, rank) VALUES (?, ?, ?)",
+                (
+                    (n * per_prompt + j, n * k + c, (c + n + j) % k + 1)
+                    for n, j in ranked
+                    for c in range(k)
+                ),
+            )
+    conn.execute("PRAGMA synchronous = FULL")
     return store
 
 
@@ -138,6 +211,43 @@ def wait_until_serving(
             pass
         time.sleep(0.2)  # polling a port that is not up yet; nothing to wait on instead
     raise TimeoutError(f"{url} did not answer within {limit}s")
+
+
+Serve = Callable[..., "tuple[str, RankingService]"]
+
+
+@contextmanager
+def served_apps(root: Path) -> Iterator[Serve]:
+    """`start(prompts=None, per_prompt=2)` serves the app in this process, on 127.0.0.1, on a
+    fresh database `root/rankings.db` holding `prompts` (default: p1..p6, four answers each) and
+    the annotators alice, bob and carol; it returns the URL (ending in '/') and the service.
+    Every app started is stopped on leaving."""
+    from alignment.ui.app import launch  # gradio: only for the tests that serve the app
+
+    demos = []
+
+    def start(
+        prompts: list[tuple[str, list[str]]] | None = None, per_prompt: int = 2
+    ) -> tuple[str, RankingService]:
+        prompts = prompts or [(f"p{i}", [f"p{i}-a{j}" for j in range(4)]) for i in range(1, 7)]
+        fill_store(root / "rankings.db", prompts).close()
+        write_annotators(root / "annotators.yaml", PASSWORDS, ROLES)
+        port = free_port()
+        demo, service = launch(
+            root / "rankings.db",
+            annotators=root / "annotators.yaml",
+            port=port,
+            per_prompt=per_prompt,
+            block=False,
+        )
+        demos.append(demo)
+        return f"http://127.0.0.1:{port}/", service
+
+    try:
+        yield start
+    finally:
+        for demo in demos:
+            demo.close()
 
 
 def spawn_server(

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,3 +120,73 @@ def test_export_and_agreement_cli(
         main(["export", "--db", str(tmp_path / "missing.db"), "--out", str(out)])
     assert exit_info.value.code == 2
     assert "missing.db: ranking database not found" in capsys.readouterr().err
+
+
+def test_export_hf_is_a_dataset_trl_trains_on(
+    ranked: Store, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    import datasets
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    result = export(ranked, "hf", tmp_path / "prefs", min_annotators=2)
+    assert (result.rows, result.dataset_dir, result.out) == (11, tmp_path / "prefs", None)
+    loaded = datasets.load_from_disk(str(tmp_path / "prefs"))
+    assert loaded[0] == {**pair("p1", "a0", "a1", 1, "alice"), "chosen_rank": 1, "rejected_rank": 2}
+    assert [row["ranking_id"] for row in loaded] == [1] * 5 + [2] * 6
+    # TRL's reward and DPO trainers take it as it is, one real step each.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    settings = {"max_steps": 1, "per_device_train_batch_size": 4, "report_to": [], "use_cpu": True}
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    reward_model.config.pad_token_id = tokenizer.pad_token_id
+    reward = RewardTrainer(
+        model=reward_model,
+        args=RewardConfig(output_dir=str(tmp_path / "rm"), save_strategy="no", **settings),
+        train_dataset=loaded,
+        processing_class=tokenizer,
+    )
+    assert reward.train().global_step == 1
+    dpo = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        args=DPOConfig(output_dir=str(tmp_path / "dpo"), save_strategy="no", **settings),
+        train_dataset=loaded,
+        processing_class=tokenizer,
+    )
+    assert dpo.train().global_step == 1
+
+
+def test_export_hf_keeps_its_columns_and_refuses_what_it_cannot_do(
+    ranked: Store, tmp_path: Path
+) -> None:
+    import datasets
+
+    export(ranked, "hf", tmp_path / "none", min_annotators=3, include_ties=True)
+    empty = datasets.load_from_disk(str(tmp_path / "none"))
+    assert empty.num_rows == 0 and "chosen_rank" in empty.column_names and "tie" in empty.features
+    with pytest.raises(DataError, match="none: already exists; export to a new directory"):
+        export(ranked, "hf", tmp_path / "none")
+    with pytest.raises(DataError, match="drop --save-to-disk"):
+        export(ranked, "hf", tmp_path / "a", save_to_disk=tmp_path / "b")
+    with pytest.raises(DataError, match="--push-to-hub goes with --format hf"):
+        export(ranked, "pairs", tmp_path / "p.jsonl", push_to_hub="me/prefs")
+    with pytest.raises(DataError, match="expected owner/name"):
+        export(ranked, "hf", None, push_to_hub="not a repo")
+    written = [p.name for p in tmp_path.iterdir() if not p.name.startswith("rankings.db")]
+    assert written == ["none"]
+
+
+def test_push_to_hub_is_refused_offline_before_anything_is_written(
+    ranked: Store, tmp_path: Path
+) -> None:
+    command = [sys.executable, "-m", "alignment.cli", "export", "--db", str(ranked.path)]
+    command += ["--format", "hf", "--out", str(tmp_path / "prefs"), "--push-to-hub", "me/prefs"]
+    done = subprocess.run(
+        command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --push-to-hub me/prefs: the Hugging Face Hub is offline (HF_HUB_OFFLINE is set), "
+        "so nothing was written or uploaded. Write the dataset with --out DIR and push it later "
+        "from a machine that is online, or unset HF_HUB_OFFLINE."
+    )
+    assert not (tmp_path / "prefs").exists()

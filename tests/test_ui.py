@@ -3,7 +3,9 @@ the annotators file and `align annotators`/`align ui` bad-input handling."""
 
 from __future__ import annotations
 
+import html
 import io
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,22 +18,17 @@ from alignment.ui.annotators import (
     AnnotatorRegistry,
     add_annotator,
     load_annotators,
+    remove_annotator,
     verify_password,
 )
-from alignment.ui.app import launch
+from alignment.ui.render import EMPTY, render_text
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from alignment.cli import main
 from alignment.errors import DataError
 from alignment.store import Store, display_order
-from tests.ranking_support import (
-    PASSWORDS,
-    ROLES,
-    fill_store,
-    free_port,
-    write_annotators,
-)
+from tests.ranking_support import PASSWORDS, ROLES, Serve, served_apps, write_annotators
 
 # Every code point class that tends to break things, and big: the app must carry it intact.
 UNICODE = (
@@ -42,28 +39,9 @@ BIG = UNICODE * 5000  # about 500 KB of UTF-8
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start the app on a fresh database; returns its URL. Stopped after the test."""
-    demos = []
-
-    def start(prompts: list[tuple[str, list[str]]] | None = None, per_prompt: int = 2) -> str:
-        prompts = prompts or [(f"p{i}", [f"p{i}-a{j}" for j in range(4)]) for i in range(1, 7)]
-        fill_store(tmp_path / "rankings.db", prompts).close()
-        write_annotators(tmp_path / "annotators.yaml", PASSWORDS, ROLES)
-        port = free_port()
-        demo, _service = launch(
-            tmp_path / "rankings.db",
-            annotators=tmp_path / "annotators.yaml",
-            port=port,
-            per_prompt=per_prompt,
-            block=False,
-        )
-        demos.append(demo)
-        return f"http://127.0.0.1:{port}/"
-
-    yield start
-    for demo in demos:
-        demo.close()
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    with served_apps(tmp_path) as start:
+        yield start
 
 
 def client(url: str, name: str) -> Client:
@@ -71,7 +49,7 @@ def client(url: str, name: str) -> Client:
 
 
 def test_sign_in_refuses_wrong_password_and_unknown_annotator(serve: Callable[..., str]) -> None:
-    url = serve()
+    url, _ = serve()
     with pytest.raises(ValueError, match="Could not login"):
         Client(url, auth=("alice", "wrong-password"), verbose=False)
     with pytest.raises(ValueError, match="Could not login"):
@@ -89,7 +67,7 @@ def test_sign_in_refuses_wrong_password_and_unknown_annotator(serve: Callable[..
 
 
 def test_queue_orders_per_annotator_and_n_per_prompt(serve: Callable[..., str]) -> None:
-    url = serve(per_prompt=2)
+    url, _ = serve(per_prompt=2)
     alice, bob, carol = client(url, "alice"), client(url, "bob"), client(url, "carol")
     a, b = alice.predict(api_name="/next"), bob.predict(api_name="/next")
     assert a["prompt_id"] == b["prompt_id"] == 1
@@ -114,7 +92,7 @@ def test_queue_orders_per_annotator_and_n_per_prompt(serve: Callable[..., str]) 
 def test_bad_submissions_are_refused_and_nothing_changes(
     serve: Callable[..., str], tmp_path: Path
 ) -> None:
-    url = serve()
+    url, _ = serve()
     alice = client(url, "alice")
     lease = alice.predict(api_name="/next")
     token = lease["token"]
@@ -142,7 +120,7 @@ def test_bad_submissions_are_refused_and_nothing_changes(
 
 
 def test_stale_leases_are_refused(serve: Callable[..., str]) -> None:
-    url = serve()
+    url, _ = serve()
     alice, bob = client(url, "alice"), client(url, "bob")
     lease = alice.predict(api_name="/next")
     with pytest.raises(AppError, match="Stale lease: this prompt is not assigned to you"):
@@ -155,7 +133,7 @@ def test_stale_leases_are_refused(serve: Callable[..., str]) -> None:
 
 
 def test_skip_undo_and_progress(serve: Callable[..., str], tmp_path: Path) -> None:
-    url = serve()
+    url, _ = serve()
     bob = client(url, "bob")
     first = bob.predict(api_name="/next")
     ranked = bob.predict(first["token"], [2, 1, 4, 3], False, api_name="/submit")
@@ -177,7 +155,7 @@ def test_skip_undo_and_progress(serve: Callable[..., str], tmp_path: Path) -> No
 
 
 def test_admin_stats_are_for_admins_only(serve: Callable[..., str]) -> None:
-    url = serve()
+    url, _ = serve()
     alice, bob, carol = client(url, "alice"), client(url, "bob"), client(url, "carol")
     for person in (alice, bob):
         lease = person.predict(api_name="/next")
@@ -195,7 +173,7 @@ def test_admin_stats_are_for_admins_only(serve: Callable[..., str]) -> None:
 
 
 def test_any_unicode_of_any_size_round_trips(serve: Callable[..., str], tmp_path: Path) -> None:
-    url = serve([("Ünïcödé prompt 🙂 " + UNICODE, [BIG, "", " ", UNICODE])])
+    url, _ = serve([("Ünïcödé prompt 🙂 " + UNICODE, [BIG, "", " ", UNICODE])])
     alice = client(url, "alice")
     lease = alice.predict(api_name="/next")
     assert sorted(lease["answers"]) == sorted([BIG, "", " ", UNICODE])
@@ -223,7 +201,7 @@ def test_any_unicode_of_any_size_round_trips(serve: Callable[..., str], tmp_path
 def test_annotators_added_while_running_can_sign_in_and_removed_ones_cannot(
     serve: Callable[..., str], tmp_path: Path
 ) -> None:
-    url = serve()
+    url, _ = serve()
     file = tmp_path / "annotators.yaml"
     add_annotator(file, "dave", "dave-password", "annotator")
     dave = Client(url, auth=("dave", "dave-password"), verbose=False)
@@ -318,6 +296,19 @@ def test_annotators_add_command(
     assert capsys.readouterr().out.split() == ["erin", "annotator"]
 
 
+def test_annotators_remove_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    file = write_annotators(tmp_path / "a.yaml", PASSWORDS, ROLES)
+    main(["annotators", "remove", " BOB", "--file", str(file)])
+    assert "removed bob" in capsys.readouterr().out
+    assert sorted(load_annotators(file)) == ["alice", "carol"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["annotators", "remove", "bob", "--file", str(file)])
+    assert exit_info.value.code == 2
+    assert "no annotator 'bob' (listed: alice, carol)" in capsys.readouterr().err
+    with pytest.raises(DataError, match="no annotator"):
+        remove_annotator(file, "mallory")
+
+
 def test_ui_command_reports_bad_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bad = tmp_path / "annotators.yaml"
     bad.write_text("annotators:\n  alice:\n    role: annotator\n    password: plain-text\n")
@@ -329,3 +320,13 @@ def test_ui_command_reports_bad_files(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         main(["ui", "--db", str(tmp_path / "r.db"), "--annotators", str(tmp_path / "none.yaml")])
     assert "none.yaml: annotators file not found" in capsys.readouterr().err
+
+
+def test_blank_answers_and_invisible_characters_are_shown() -> None:
+    assert render_text("") == render_text("", raw=False) == EMPTY
+    assert "(empty answer: 2 blank characters)" in render_text("\u200b ")
+    raw = render_text("a\r\n\u2066b\u2069\U000e0041\ufe0f\tc", raw=True)
+    labels = re.findall(r'data-label="([^"]+)"', raw)
+    assert labels == ["CR", "LRI", "PDI", "U+E0041", "U+FE0F"]  # tab and newline are plain
+    assert html.unescape(re.sub(r"<[^>]+>", "", raw)) == "a\r\n\u2066b\u2069\U000e0041\ufe0f\tc"
+    assert "<script>" not in render_text("<script>x</script>\u200b", raw=True)

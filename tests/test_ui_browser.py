@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,19 +19,11 @@ import pytest
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
-from alignment.ui.app import launch  # noqa: E402
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from alignment.cli import main  # noqa: E402
 from alignment.store import Store  # noqa: E402
-from tests.ranking_support import (  # noqa: E402
-    PASSWORDS,
-    ROLES,
-    fill_store,
-    free_port,
-    pair,
-    write_annotators,
-)
+from tests.ranking_support import PASSWORDS, ApiSession, Serve, pair, served_apps  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -65,20 +58,21 @@ TIMEOUT = 20_000
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     root = tmp_path_factory.mktemp("browser")
-    db = root / "rankings.db"
-    fill_store(
-        db,
-        [
-            ("Name a primary colour.", COLOURS),
-            ("Show me some HTML.", HTML_ANSWERS),
-            ("Say hello in many scripts.", GREETINGS),
-        ],
-    ).close()
-    write_annotators(root / "annotators.yaml", PASSWORDS, ROLES)
-    port = free_port()
-    demo, _ = launch(db, annotators=root / "annotators.yaml", port=port, per_prompt=2, block=False)
-    yield f"http://127.0.0.1:{port}/", db
-    demo.close()
+    prompts = [
+        ("Name a primary colour.", COLOURS),
+        ("Show me some HTML.", HTML_ANSWERS),
+        ("Say hello in many scripts.", GREETINGS),
+    ]
+    with served_apps(root) as start:
+        url, _ = start(prompts, per_prompt=2)
+        yield url, root / "rankings.db"
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """An app of its own on a fresh database, for one test."""
+    with served_apps(tmp_path) as start:
+        yield start
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +96,16 @@ class Watch:
         return page
 
 
-def sign_in(browser: object, url: str, watch: Watch, name: str, password: str) -> Page:
-    page = watch.attach(browser.new_context(viewport={"width": 1280, "height": 1300}).new_page())
+def sign_in(
+    browser: object,
+    url: str,
+    watch: Watch,
+    name: str,
+    password: str,
+    viewport: dict[str, int] | None = None,
+) -> Page:
+    viewport = viewport or {"width": 1280, "height": 1300}
+    page = watch.attach(browser.new_context(viewport=viewport).new_page())
     page.goto(url)
     page.get_by_label("username").fill(name)
     page.get_by_label("password").fill(password)
@@ -252,7 +254,14 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
     expect(carol.locator("#export-message")).to_contain_text("Exported 14 pairs rows.")
     download = carol.locator("#export-file a[href$='pairs.jsonl']")
     expect(download).to_have_count(1)
-    downloaded = carol.request.get(download.get_attribute("href")).text()
+    href = download.get_attribute("href")
+    # Waiting in the app's own folder, for its owner only; gone once downloaded.
+    [waiting] = (db.parent / "rankings.db-exports").glob("*/pairs.jsonl")
+    assert href.endswith(f"/gradio_api/file={waiting}")
+    assert stat.S_IMODE(waiting.stat().st_mode) == 0o600
+    downloaded = carol.request.get(href).text()
+    assert not waiting.exists()
+    assert carol.request.get(href).status in (403, 404)
 
     # The database, row by row.
     store = Store(db)
@@ -316,3 +325,152 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
     assert watch.dialogs == []
     assert not [u for u in watch.requests if not u.startswith(url)], "request left 127.0.0.1"
     assert f"{url}x" not in watch.requests and not [u for u in watch.requests if "pixel" in u]
+
+
+def test_sign_in_refusals_are_explained(app: tuple[str, Path], browser: object) -> None:
+    url, _ = app
+    watch = Watch()
+    page = sign_in(browser, url, watch, "dave", "not-a-password")
+    expect(page.get_by_text("Incorrect Credentials")).to_be_visible(timeout=TIMEOUT)
+    for _ in range(4):  # five wrong tries for one name in all
+        page.get_by_label("username").fill("dave")
+        page.get_by_label("password").fill("not-a-password")
+        page.get_by_role("button", name="Login").click()
+        expect(page.get_by_label("username")).to_have_value("", timeout=TIMEOUT)
+    page.get_by_label("username").fill("Dave")
+    page.get_by_label("password").fill("not-a-password")
+    page.get_by_role("button", name="Login").click()
+    expect(page.locator("#signin-message")).to_have_text(
+        "Too many failed sign-ins for 'Dave'. Wait 15 minutes, then try again, "
+        "or ask your admin to reset your password.",
+        timeout=TIMEOUT,
+    )
+    expect(page.get_by_label("username")).to_have_value("Dave")  # the form is kept
+    # The next refusal of another kind clears the message.
+    page.get_by_label("username").fill("erin")
+    page.get_by_role("button", name="Login").click()
+    expect(page.locator("#signin-message")).to_have_text("", timeout=TIMEOUT)
+    assert not [u for u in watch.requests if not u.startswith(url)], "request left 127.0.0.1"
+
+
+def slot_of(page: Page, k: int, start: str) -> int:
+    return next(i for i, text in enumerate(slot_texts(page, k)) if text.startswith(start))
+
+
+def test_order_shown_live_and_blank_and_invisible_characters_marked(
+    serve: Serve, browser: object
+) -> None:
+    tricky = "Total: \u202e321 = 1+2\u202c, paid\u200b."
+    url, _ = serve([("Pay what?", ["", "   ", tricky, "Nothing."])])
+    watch = Watch()
+    page = sign_in(browser, url, watch, "alice", PASSWORDS["alice"])
+    order = page.locator("#order")
+    expect(order).to_have_text("Your order: give each answer a rank (1 = best).", timeout=TIMEOUT)
+    # Blank answers say so instead of showing an empty card.
+    texts = slot_texts(page, 4)
+    assert sorted(texts)[:2] == ["(empty answer)", "(empty answer: 3 blank characters)"]
+    empty, blank = texts.index("(empty answer)"), texts.index("(empty answer: 3 blank characters)")
+    # The order follows every click, best first, letters in the order shown.
+    page.locator(f"#rank-{blank}").get_by_label("2", exact=True).check()
+    expect(order).to_have_text(
+        f"Your order: {'ABCD'[blank]} · not ranked yet: "
+        + ", ".join(letter for i, letter in enumerate("ABCD") if i != blank)
+    )
+    tricky_at = slot_of(page, 4, "Total")
+    nothing_at = slot_of(page, 4, "Nothing")
+    page.locator(f"#rank-{tricky_at}").get_by_label("1", exact=True).check()
+    page.locator(f"#rank-{nothing_at}").get_by_label("2", exact=True).check()
+    page.locator(f"#rank-{empty}").get_by_label("4", exact=True).check()
+    tied = " = ".join(sorted("ABCD"[i] for i in (blank, nothing_at)))
+    best, worst = "ABCD"[tricky_at], "ABCD"[empty]
+    expect(order).to_have_text(
+        f"Your order: {best} > {tied} > {worst} · equal ranks need Allow ties"
+    )
+    page.locator("#tie input").check()
+    expect(order).to_have_text(f"Your order: {best} > {tied} > {worst}")
+
+    # Raw view: every invisible character labelled, the text itself exact.
+    page.locator("#raw input").check()
+    raw = page.locator(f"#answer-{tricky_at} pre.raw-text")
+    expect(raw).to_be_visible(timeout=TIMEOUT)
+    assert raw.text_content() == tricky
+    marks = raw.locator(".invisible-char")
+    expect(marks).to_have_count(3)
+    assert [marks.nth(i).get_attribute("data-label") for i in range(3)] == ["RLO", "PDF", "ZWSP"]
+    assert marks.nth(0).get_attribute("title") == "RIGHT-TO-LEFT OVERRIDE"
+    shown = marks.nth(0).evaluate(
+        "el => [getComputedStyle(el, '::before').content, getComputedStyle(el).unicodeBidi]"
+    )
+    assert shown == ['"⟨RLO⟩"', "isolate"]  # the label shows; an override stays inside
+    expect(page.locator(f"#answer-{empty}")).to_contain_text("(empty answer)")
+    page.locator("#submit").click()
+    expect(page.locator("#message")).to_contain_text("Saved ranking #1.")
+    assert not [u for u in watch.requests if not u.startswith(url)], "request left 127.0.0.1"
+
+
+def test_after_a_submit_the_next_prompt_is_scrolled_into_view(
+    serve: Serve, browser: object
+) -> None:
+    long = "A long answer, line after line.\n\n" * 12
+    url, _ = serve([(f"Question {n}?", [f"{n}{long}", f"{n}b", f"{n}c"]) for n in (1, 2)])
+    page = sign_in(
+        browser, url, Watch(), "alice", PASSWORDS["alice"], {"width": 900, "height": 500}
+    )
+    expect(page.locator("#prompt")).to_contain_text("Question 1?", timeout=TIMEOUT)
+    for slot in range(3):
+        page.locator(f"#rank-{slot}").get_by_label(str(slot + 1), exact=True).check()
+    page.locator("#submit").scroll_into_view_if_needed()
+    expect(page.locator("#prompt")).not_to_be_in_viewport()
+    page.locator("#submit").click()
+    expect(page.locator("#prompt")).to_contain_text("Question 2?", timeout=TIMEOUT)
+    expect(page.locator("#prompt")).to_be_in_viewport()
+    # A refusal keeps the annotator where they are, by the message.
+    page.locator("#submit").scroll_into_view_if_needed()
+    page.locator("#submit").click()
+    expect(page.locator("#message")).to_contain_text("Not saved. Incomplete")
+    expect(page.locator("#prompt")).not_to_be_in_viewport()
+
+
+def test_a_stale_lease_keeps_the_ranks_and_offers_the_next_prompt(
+    serve: Serve, browser: object
+) -> None:
+    prompts = [(f"Question {n}?", [f"{n}a", f"{n}b", f"{n}c"]) for n in (1, 2, 3)]
+    url, service = serve(prompts, per_prompt=1)
+    page = sign_in(browser, url, Watch(), "alice", PASSWORDS["alice"])
+    expect(page.locator("#prompt")).to_contain_text("Question 1?", timeout=TIMEOUT)
+    chosen = {slot: slot + 1 for slot in range(3)}
+    for slot, rank in chosen.items():
+        page.locator(f"#rank-{slot}").get_by_label(str(rank), exact=True).check()
+    # Meanwhile alice signs out in another tab (her lease goes back) and bob takes prompt 1.
+    service.sign_out("alice")
+    bob = ApiSession(url.rstrip("/"), "bob", PASSWORDS["bob"])
+    assert bob.call("next")["prompt_id"] == 1
+    bob.close()
+    expect(page.locator("#next-prompt")).to_be_hidden()
+    page.locator("#submit").click()
+    expect(page.locator("#message")).to_contain_text(
+        "Not saved. Stale lease: it was released (taken back or replaced by a newer one). "
+        "Your ranks are still on screen, but this prompt can no longer take them: press "
+        "Go to the next prompt to go on."
+    )
+    expect_ranks(page, chosen)
+    expect(page.locator("#prompt")).to_contain_text("Question 1?")
+    page.locator("#next-prompt").click()
+    expect(page.locator("#prompt")).to_contain_text("Question 2?", timeout=TIMEOUT)
+    expect(page.locator("#next-prompt")).to_be_hidden()
+    expect(page.locator("#rank-0 input:checked")).to_have_count(0)
+
+
+def test_signing_out_gives_the_leased_prompt_back(serve: Serve, browser: object) -> None:
+    url, service = serve([(f"Question {n}?", [f"{n}a", f"{n}b"]) for n in (1, 2)], per_prompt=1)
+    page = sign_in(browser, url, Watch(), "alice", PASSWORDS["alice"])
+    expect(page.locator("#prompt")).to_contain_text("Question 1?", timeout=TIMEOUT)
+    assert service.progress("bob") == (0, 1)  # alice holds prompt 1's only slot
+    page.locator("#sign-out").click()
+    expect(page.get_by_label("username")).to_be_visible(timeout=TIMEOUT)
+    assert service.progress("bob") == (0, 2)
+    carol = ApiSession(url.rstrip("/"), "carol", PASSWORDS["carol"])
+    assert carol.call("next")["prompt_id"] == 1
+    carol.close()
+    # Signed out for real: the page's session no longer reaches the app.
+    assert page.request.get(f"{url}config").status == 401

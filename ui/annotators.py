@@ -11,6 +11,12 @@
 
 Passwords are never stored: only a salted scrypt hash (stdlib hashlib), checked in constant time.
 Errors name the file and line. No gradio import here, so the CLI can manage the file without it.
+
+Names are normalised, not refused: surrounding spaces are dropped (Gradio's sign-in form strips
+them before any of our code sees the name, so the CLI does the same), the text is put in Unicode
+NFKC form (a full-width or decomposed look-alike is the same name), and names are compared without
+case (phone keyboards capitalise the first letter). So " Alice " signs in as the `alice` of the
+file, and a file cannot list two names that compare equal.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import re
 import secrets
 import threading
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +83,20 @@ def verify_password(password: str, encoded: str) -> bool:
     return hmac.compare_digest(given, key)
 
 
-def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name or ""):
+def canonical_name(name: str) -> str:
+    """The name as it is written to the file: surrounding spaces dropped, NFKC form, case kept;
+    refused unless it is 1-64 letters, digits, '.', '_', '@' or '-'."""
+    canonical = unicodedata.normalize("NFKC", (name or "").strip())
+    if not NAME_PATTERN.match(canonical):
         raise DataError(
             f"annotator name {name!r}: use 1-64 letters, digits, '.', '_', '@' or '-' (no spaces)"
         )
-    return name
+    return canonical
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by: the canonical spelling without case."""
+    return unicodedata.normalize("NFKC", (name or "").strip()).casefold()
 
 
 def check_password(password: str) -> str:
@@ -131,8 +146,16 @@ def load_annotators(path: str | Path) -> dict[str, Annotator]:
         where = f"{path}:{line}: annotator {name!r}"
         if not NAME_PATTERN.match(str(name)):
             raise DataError(f"{where}: names use 1-64 letters, digits, '.', '_', '@' or '-'")
-        if name in annotators:
-            raise DataError(f"{where}: listed twice (first at line {annotators[name].line})")
+        if unicodedata.normalize("NFKC", name) != name:
+            raise DataError(
+                f"{where}: write it as {unicodedata.normalize('NFKC', name)!r} (Unicode NFKC form)"
+            )
+        same = next((a for a in annotators.values() if name_key(a.name) == name_key(name)), None)
+        if same is not None:
+            raise DataError(
+                f"{where}: listed twice (first at line {same.line} as {same.name!r}; "
+                "names ignore case)"
+            )
         if not isinstance(value, yaml.MappingNode):
             raise DataError(f"{where}: expected `role` and `password` under the name")
         fields: dict[str, str] = {}
@@ -187,6 +210,12 @@ def save_annotators(path: str | Path, annotators: dict[str, Annotator]) -> None:
     partial.replace(path)
 
 
+def find_annotator(annotators: dict[str, Annotator], name: str) -> Annotator | None:
+    """The entry whose name compares equal to `name` (see the module docstring)."""
+    key = name_key(name)
+    return next((a for a in annotators.values() if name_key(a.name) == key), None)
+
+
 def add_annotator(
     path: str | Path,
     name: str,
@@ -194,22 +223,39 @@ def add_annotator(
     role: str | None = None,
     replace: bool = False,
 ) -> Annotator:
-    """Add (or with `replace`, update) an entry. role None: annotator, or the existing role."""
+    """Add (or with `replace`, update) an entry. role None: annotator, or the existing role.
+    An existing entry keeps its spelling: the store knows the annotator by it."""
     path = Path(path)
-    check_name(name)
+    name = canonical_name(name)
     check_password(password)
     if role is not None and role not in ROLES:
         raise DataError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     annotators = load_annotators(path) if path.exists() else {}
-    if name in annotators and not replace:
+    existing = find_annotator(annotators, name)
+    if existing is not None and not replace:
         raise DataError(
-            f"{path}:{annotators[name].line}: annotator {name!r} already exists; "
+            f"{path}:{existing.line}: annotator {existing.name!r} already exists; "
             "pass --replace to set a new password or role"
         )
-    role = role or (annotators[name].role if name in annotators else "annotator")
-    line = annotators[name].line if name in annotators else 0
-    entry = Annotator(name, role, hash_password(password), line)
+    if existing is not None:
+        name = existing.name
+    role = role or (existing.role if existing else "annotator")
+    entry = Annotator(name, role, hash_password(password), existing.line if existing else 0)
     annotators[name] = entry
+    save_annotators(path, annotators)
+    return entry
+
+
+def remove_annotator(path: str | Path, name: str) -> Annotator:
+    """Take an entry out of the file, so they can no longer sign in (a running app notices at
+    their next request); their rankings stay in the database."""
+    path = Path(path)
+    annotators = load_annotators(path)
+    entry = find_annotator(annotators, name)
+    if entry is None:
+        known = ", ".join(sorted(annotators)) or "none"
+        raise DataError(f"{path}: no annotator {name.strip()!r} (listed: {known})")
+    del annotators[entry.name]
     save_annotators(path, annotators)
     return entry
 
@@ -241,7 +287,8 @@ class AnnotatorRegistry:
             return self._annotators
 
     def get(self, name: str | None) -> Annotator | None:
-        return self.all().get(name) if name else None
+        """The entry `name` signs in as (compared as in the module docstring)."""
+        return find_annotator(self.all(), name) if name else None
 
     def authenticate(self, name: str, password: str) -> bool:
         annotator = self.get(name)

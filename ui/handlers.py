@@ -10,7 +10,7 @@ import gradio as gr
 
 from alignment.errors import AlignmentError
 from alignment.export import Aggregate, Format
-from alignment.store import Lease, SubmissionError
+from alignment.store import Lease, LeaseError, SubmissionError, letter
 
 from .render import render_conversation, render_text
 from .service import RankingService
@@ -19,6 +19,30 @@ from .views import RankingView
 EMPTY_QUEUE = (
     "<p><strong>Your queue is empty.</strong> Thank you! Check back later for new prompts.</p>"
 )
+
+
+STALE = (
+    "\n\nYour ranks are still on screen, but this prompt can no longer take them: press "
+    "**Go to the next prompt** to go on."
+)
+
+
+def chosen_order(ranks: list[Any], tie_allowed: bool) -> str:
+    """The order the ranks give, best first, e.g. "A > C = B > D", with what is still missing."""
+    given = {i: int(r) for i, r in enumerate(ranks) if r not in (None, "")}
+    if not given:
+        return "Your order: give each answer a rank (1 = best)."
+    groups = [
+        " = ".join(letter(i) for i in sorted(given) if given[i] == rank)
+        for rank in sorted(set(given.values()))
+    ]
+    text = f"Your order: **{' > '.join(groups)}**"
+    missing = [letter(i) for i in range(len(ranks)) if i not in given]
+    if missing:
+        text += f" · not ranked yet: {', '.join(missing)}"
+    if len(set(given.values())) < len(given) and not tie_allowed:
+        text += " · equal ranks need *Allow ties*"
+    return text
 
 
 def score(value: float | None) -> str:
@@ -69,11 +93,14 @@ class PageHandlers:
         if lease is None:
             return [
                 None,
+                "",
                 EMPTY_QUEUE,
                 *[gr.update(visible=False) for _ in slots],
                 *["" for _ in slots],
                 *[gr.update(choices=[], value=None) for _ in slots],
+                "",
                 False,
+                gr.update(visible=False),
                 note,
                 progress_text,
             ]
@@ -84,8 +111,10 @@ class PageHandlers:
                 "restart `align ui`."
             )
         previous = lease.previous_ranks or [None] * k
+        tie = bool(lease.previous_ranks) and len(set(previous)) < k
         return [
             {"token": lease.token, "prompt": lease.messages, "answers": lease.texts},
+            lease.token,
             render_conversation(lease.messages, raw_text),
             *[gr.update(visible=i < k) for i in slots],
             *[render_text(lease.texts[i], raw_text) if i < k else "" for i in slots],
@@ -95,30 +124,52 @@ class PageHandlers:
                 else gr.update(choices=[], value=None)
                 for i in slots
             ],
-            bool(lease.previous_ranks) and len(set(previous)) < k,
+            chosen_order(previous, tie),
+            tie,
+            gr.update(visible=False),
             note,
             progress_text,
         ]
 
     def refused(self, err: Exception, heading: str = "**Not saved.** ") -> list[Any]:
-        """Updates for `form` that change only the message."""
+        """Updates for `form` that change only the message; a stale lease also offers the next
+        prompt (the ranks stay on screen)."""
         updates: list[Any] = [gr.skip() for _ in self.form]
-        updates[self.form.index(self.view.message)] = f"{heading}{err}"
+        text = f"{heading}{err}"
+        if isinstance(err, LeaseError):
+            text += STALE
+            updates[self.form.index(self.view.next_prompt)] = gr.update(visible=True)
+        updates[self.form.index(self.view.message)] = text
         return updates
 
     def on_load(self, raw_text: bool, request: gr.Request) -> list[Any]:
-        """Sign-in line, admin tab visibility, and the annotator's current or next prompt."""
+        """Sign-in line, sign-out button and admin tab visibility, and the annotator's current
+        or next prompt."""
         try:
             name, role = self.service.user(request)
         except SubmissionError as err:
-            return ["", gr.update(visible=False), *self.refused(err)]
+            return ["", gr.update(visible=False), gr.update(visible=False), *self.refused(err)]
         lease = self.service.next(name)
-        sign_out = "" if self.service.registry is None else " · [Sign out](logout)"
         return [
-            f"Signed in as **{name}** ({role}){sign_out}",
+            f"Signed in as **{name}** ({role})",
+            gr.update(visible=self.service.registry is not None),
             gr.update(visible=role == "admin"),
             *self.show(name, lease, raw_text, ""),
         ]
+
+    def on_order(self, values: dict) -> str:
+        """The order line, as the annotator clicks ranks."""
+        current = values[self.view.state]
+        k = len(current["answers"]) if current else 0
+        return chosen_order([values[radio] for radio in self.view.ranks[:k]], values[self.view.tie])
+
+    def on_sign_out(self, request: gr.Request) -> None:
+        """Give the leased prompt back before Gradio's /logout (run by the page next)."""
+        try:
+            name, _ = self.service.user(request)
+        except SubmissionError:
+            return  # not signed in (any more): nothing is leased to give back
+        self.service.sign_out(name)
 
     def on_submit(self, values: dict, request: gr.Request) -> list[Any]:
         # A set of inputs arrives as one dict keyed by component (K varies per prompt).
@@ -208,4 +259,6 @@ class PageHandlers:
             result = self.service.export(role, fmt, aggregate, int(min_annotators or 1), ties)
         except AlignmentError as err:
             return [f"**Export failed.** {err}", None]
-        return [f"Exported {result.rows} {fmt} rows.", str(result.out)]
+        minutes = round(self.service.exports.lifetime / 60)
+        note = f"The file is removed once downloaded, or after {minutes} minutes: export again for another copy."
+        return [f"Exported {result.rows} {fmt} rows. {note}", str(result.out)]

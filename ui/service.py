@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -21,6 +19,7 @@ from alignment.export import Aggregate, ExportResult, Format, export
 from alignment.store import Lease, Store, SubmissionError, Undone
 
 from .annotators import AnnotatorRegistry
+from .exports import ExportFolder
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +53,13 @@ class RankingService:
     single_user: str | None = None
     per_prompt: int = 1
     lease_seconds: float = 600.0
+    exports: ExportFolder | None = None  # default: beside the database
 
     def __post_init__(self) -> None:
         if self.registry is None and not self.single_user:
             raise ValueError("either an annotators file or a single user is needed")
+        if self.exports is None:
+            self.exports = ExportFolder.beside(self.store.path)
         if self.registry is not None:
             self.sync()
         else:
@@ -114,6 +116,10 @@ class RankingService:
             reason = f"{reason}: {note}" if reason else note
         return self.store.skip_and_next(name, token, reason, self.per_prompt, self.lease_seconds)
 
+    def sign_out(self, name: str) -> None:
+        """Give the annotator's leased prompt back to the queue, so nobody waits for it."""
+        self.store.release_all(name)
+
     def undo(self, name: str) -> Undone | None:
         """Retract the annotator's last submission; its prompt is leased back to them."""
         return self.store.undo(name, self.lease_seconds)
@@ -144,7 +150,11 @@ class RankingService:
     def export(
         self, role: str, fmt: Format, aggregate: Aggregate, min_annotators: int, ties: bool
     ) -> ExportResult:
-        """Admins: write an export to a fresh temporary folder, to be downloaded."""
+        """Admins: write an export (mode 0600) to the export folder, to be downloaded once."""
         require_admin(role)
-        out = Path(tempfile.mkdtemp(prefix="align-export-")) / f"{fmt}.jsonl"
-        return export(self.store, fmt, out, min_annotators, ties, aggregate)
+        out = self.exports.new_file(f"{fmt}.jsonl")
+        try:
+            return export(self.store, fmt, out, min_annotators, ties, aggregate, file_mode=0o600)
+        except BaseException:
+            self.exports.remove(out)
+            raise

@@ -86,10 +86,24 @@ CSS = """
 .answer-box.pending { outline: 3px solid var(--color-accent); }
 .answer-text { max-height: 60vh; overflow: auto; overflow-wrap: anywhere; }
 .raw-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); }
+/* The label comes before the character: inside the isolate, an override acts on nothing. */
+.invisible-char { unicode-bidi: isolate; }
+.invisible-char::before {
+  content: "⟨" attr(data-label) "⟩"; font-size: 0.75em; padding: 0 2px;
+  border-radius: 3px; background: var(--color-accent-soft); color: var(--body-text-color);
+}
+.empty-answer { opacity: 0.7; }
 .turn { margin-bottom: 6px; }
 .turn-role { font-weight: 600; opacity: 0.7; }
 #message { min-height: 1.5em; }
 """
+
+# A new prompt on screen (the hidden `shown` token changed): bring it into view.
+SCROLL_TO_PROMPT_JS = (
+    "() => { document.getElementById('prompt')?.scrollIntoView({block: 'start'}); }"
+)
+# Sign-out gives the lease back first (a server event), then leaves through Gradio's /logout.
+SIGN_OUT_JS = "() => { window.location.assign('logout'); }"
 
 # System fonts only: the default theme would fetch web fonts from a third-party host.
 THEME_FONTS = {
@@ -103,16 +117,19 @@ class RankingView:
     """The Rank tab, plus the progress line its actions update."""
 
     state: gr.State  # {"token", "prompt", "answers"} of the prompt on screen
+    shown: gr.Textbox  # hidden: the lease token on screen; when it changes, the page scrolls
     progress: gr.Markdown
     prompt: gr.HTML
     boxes: list[gr.Column]
     answers: list[gr.HTML]
     ranks: list[gr.Radio]
+    order: gr.Markdown
     tie: gr.Checkbox
     raw: gr.Checkbox
     submit: gr.Button
     undo: gr.Button
     refresh: gr.Button
+    next_prompt: gr.Button  # shown when the prompt on screen can no longer be submitted
     message: gr.Markdown
     skip_reason: gr.Dropdown
     skip_note: gr.Textbox
@@ -123,11 +140,14 @@ class RankingView:
         """What showing a prompt updates, in the order the handlers return values."""
         return [
             self.state,
+            self.shown,
             self.prompt,
             *self.boxes,
             *self.answers,
             *self.ranks,
+            self.order,
             self.tie,
+            self.next_prompt,
             self.message,
             self.progress,
         ]
@@ -156,6 +176,7 @@ class Page:
     """The whole page: the sign-in line and the two tabs."""
 
     whoami: gr.Markdown
+    sign_out: gr.Button
     ranking: RankingView
     admin: AdminView
 
@@ -164,9 +185,10 @@ def build_page(guidelines: str, slots: int) -> Page:
     """Lay the page out inside the current gr.Blocks, with `slots` answer boxes (hidden until a
     prompt needs them)."""
     state = gr.State(None)
-    with gr.Row():
+    with gr.Row(equal_height=True):
         whoami = gr.Markdown(elem_id="whoami")
         progress = gr.Markdown(elem_id="progress")
+        sign_out = gr.Button("Sign out", visible=False, size="sm", scale=0, elem_id="sign-out")
     with gr.Accordion("Guidelines", open=False, elem_id="guidelines"):
         gr.Markdown(guidelines, elem_id="guidelines-text")
     with gr.Tabs(elem_id="tabs"):
@@ -174,7 +196,7 @@ def build_page(guidelines: str, slots: int) -> Page:
             ranking = build_ranking_tab(state, progress, slots)
         with gr.Tab("Admin", visible=False, elem_id="tab-admin") as admin_tab:
             admin = build_admin_tab(admin_tab)
-    return Page(whoami, ranking, admin)
+    return Page(whoami, sign_out, ranking, admin)
 
 
 def build_answer_slots(slots: int) -> tuple[list[gr.Column], list[gr.HTML], list[gr.Radio]]:
@@ -200,8 +222,10 @@ def build_answer_slots(slots: int) -> tuple[list[gr.Column], list[gr.HTML], list
 
 
 def build_ranking_tab(state: gr.State, progress: gr.Markdown, slots: int) -> RankingView:
+    shown = gr.Textbox(visible=False, elem_id="shown")
     prompt = gr.HTML(elem_id="prompt", js_on_load=None, padding=True)
     boxes, answers, ranks = build_answer_slots(slots)
+    order = gr.Markdown(elem_id="order")
     with gr.Row():
         tie = gr.Checkbox(label="Allow ties (some answers share a rank)", elem_id="tie")
         raw = gr.Checkbox(label="Show raw text", elem_id="raw")
@@ -210,22 +234,28 @@ def build_ranking_tab(state: gr.State, progress: gr.Markdown, slots: int) -> Ran
         undo = gr.Button("Undo last submission (U)", elem_id="undo")
         refresh = gr.Button("Check for new prompts", elem_id="refresh")
     message = gr.Markdown(elem_id="message")
+    next_prompt = gr.Button(
+        "Go to the next prompt", variant="primary", visible=False, elem_id="next-prompt"
+    )
     with gr.Accordion("Skip: can't rank this prompt", open=True, elem_id="skip-panel"), gr.Row():
         skip_reason = gr.Dropdown(SKIP_REASONS, value=None, label="Reason", elem_id="skip-reason")
         skip_note = gr.Textbox(label="Details (needed for Other)", elem_id="skip-note", lines=1)
         skip = gr.Button("Skip this prompt", elem_id="skip")
     return RankingView(
         state=state,
+        shown=shown,
         progress=progress,
         prompt=prompt,
         boxes=boxes,
         answers=answers,
         ranks=ranks,
+        order=order,
         tie=tie,
         raw=raw,
         submit=submit,
         undo=undo,
         refresh=refresh,
+        next_prompt=next_prompt,
         message=message,
         skip_reason=skip_reason,
         skip_note=skip_note,

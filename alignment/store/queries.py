@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 
 from .annotators import annotator_id
-from .leasing import AVAILABLE
+from .leasing import left_in_queue
 from .records import AnnotatorProgress, RankedItem, StoredRanking
 
 COUNTED = (
@@ -41,11 +41,7 @@ def progress(
         "WHERE annotator_id = :a AND created_at >= :since)",
         {"a": annotator, "since": since},
     ).fetchone()[0]
-    left = conn.execute(
-        f"SELECT count(*) FROM prompts p WHERE {AVAILABLE}",
-        {"annotator": annotator, "now": now, "per_prompt": per_prompt},
-    ).fetchone()[0]
-    return done, left
+    return done, left_in_queue(conn, annotator, now, per_prompt)
 
 
 def annotator_progress(conn: sqlite3.Connection, since: float) -> list[AnnotatorProgress]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # Whole modules, so calls name their concern (`leasing.next_lease`).
 from . import leasing, prompts, queries, submissions
-from .annotators import annotator_role, sync_annotators
+from .annotators import annotator_id, annotator_role, sync_annotators
 from .connection import Connections
 from .errors import StoreError
 from .records import AnnotatorProgress, Lease, NewCandidate, StoredRanking, Undone
@@ -130,6 +130,11 @@ class Store:
         """Give a leased prompt back to the queue (nothing was submitted)."""
         with self._write() as conn:
             submissions.release(conn, name, token, self.clock())
+
+    def release_all(self, name: str) -> None:
+        """Give back every prompt leased to the annotator (at sign-out)."""
+        with self._write() as conn:
+            leasing.release_open(conn, annotator_id(conn, name), self.clock())
 
     def undo(self, name: str, lease_seconds: float = 600.0) -> Undone | None:
         """Retract the annotator's latest current ranking or skip and lease that prompt back to

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _append_only(table: str) -> list[str]:
@@ -18,6 +18,17 @@ def _append_only(table: str) -> list[str]:
         f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
         f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: nothing saved is deleted'); END",
     ]
+
+
+def _one_current(table: str) -> str:
+    """A trigger refusing a ranking or skip by an annotator who has a current one for the
+    prompt."""
+    return f"""CREATE TRIGGER {table}_one_current BEFORE INSERT ON {table}
+        WHEN EXISTS (SELECT 1 FROM current_rankings r
+                     WHERE r.prompt_id = new.prompt_id AND r.annotator_id = new.annotator_id)
+          OR EXISTS (SELECT 1 FROM current_skips s
+                     WHERE s.prompt_id = new.prompt_id AND s.annotator_id = new.annotator_id)
+        BEGIN SELECT RAISE(ABORT, 'this annotator already has a current ranking or skip for this prompt'); END"""
 
 
 # Each migration takes the schema from version i to i + 1 and runs in one transaction.
@@ -109,6 +120,146 @@ MIGRATIONS: list[list[str]] = [
             for statement in _append_only(table)
         ],
         *_append_only("retractions"),
+    ],
+    # 2: the queue, kept by triggers in the transaction of every write, so handing out the next
+    # prompt and counting what is left cost the same at a million prompts as at a thousand.
+    [
+        # Rules the code already keeps, now kept by the database too (the queue counts rely on
+        # them): one current ranking or skip per annotator and prompt, and only a retracted
+        # ranking of the same annotator and prompt may be superseded.
+        _one_current("rankings"),
+        """CREATE TRIGGER rankings_supersede_retracted BEFORE INSERT ON rankings
+           WHEN new.supersedes IS NOT NULL AND NOT EXISTS (
+               SELECT 1 FROM rankings r JOIN retractions x ON x.ranking_id = r.id
+               WHERE r.id = new.supersedes AND r.prompt_id = new.prompt_id
+                 AND r.annotator_id = new.annotator_id)
+           BEGIN SELECT RAISE(ABORT,
+             'a ranking supersedes only a retracted ranking of the same annotator and prompt');
+           END""",
+        _one_current("skips"),
+        """CREATE TRIGGER retractions_of_current BEFORE INSERT ON retractions
+           WHEN EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = new.ranking_id)
+           BEGIN SELECT RAISE(ABORT, 'only a current ranking can be retracted'); END""",
+        # Every prompt with candidates, with its number of current rankings.
+        """CREATE TABLE queue (
+            prompt_id INTEGER PRIMARY KEY REFERENCES prompts(id),
+            ranked INTEGER NOT NULL CHECK (ranked >= 0)
+        )""",
+        "CREATE INDEX queue_by_ranked ON queue (ranked, prompt_id)",
+        # How many queued prompts have each `ranked` count.
+        """CREATE TABLE queue_sizes (
+            ranked INTEGER PRIMARY KEY,
+            prompts INTEGER NOT NULL CHECK (prompts >= 0)
+        )""",
+        # (annotator, prompt) for every current ranking or skip: the prompts that annotator is
+        # done with.
+        """CREATE TABLE queue_done (
+            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+            prompt_id INTEGER NOT NULL REFERENCES queue(prompt_id),
+            PRIMARY KEY (annotator_id, prompt_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX queue_done_by_prompt ON queue_done (prompt_id, annotator_id)",
+        # How many of an annotator's done prompts have each `ranked` count.
+        """CREATE TABLE done_sizes (
+            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+            ranked INTEGER NOT NULL,
+            prompts INTEGER NOT NULL CHECK (prompts >= 0),
+            PRIMARY KEY (annotator_id, ranked)
+        ) WITHOUT ROWID""",
+        # Where an annotator's search for a prompt starts, per `per_prompt` (N): every queued
+        # prompt below `next_prompt` is one they are done with, one with N or more rankings, or
+        # one listed in queue_reopened (the triggers list a prompt there when it may have become
+        # free again, rather than moving the cursor back over all the work since).
+        """CREATE TABLE queue_cursors (
+            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
+            per_prompt INTEGER NOT NULL CHECK (per_prompt >= 1),
+            next_prompt INTEGER NOT NULL,
+            PRIMARY KEY (annotator_id, per_prompt)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE queue_reopened (
+            annotator_id INTEGER NOT NULL,
+            per_prompt INTEGER NOT NULL,
+            prompt_id INTEGER NOT NULL,
+            PRIMARY KEY (annotator_id, per_prompt, prompt_id),
+            FOREIGN KEY (annotator_id, per_prompt)
+              REFERENCES queue_cursors (annotator_id, per_prompt)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX assignments_live ON assignments (closed_at, expires_at)",
+        "CREATE INDEX skips_annotator ON skips (annotator_id, created_at)",
+        """CREATE TRIGGER candidates_queue AFTER INSERT ON candidates
+           WHEN NOT EXISTS (SELECT 1 FROM queue WHERE prompt_id = new.prompt_id)
+           BEGIN
+             INSERT INTO queue (prompt_id, ranked) VALUES (new.prompt_id,
+               (SELECT count(*) FROM current_rankings WHERE prompt_id = new.prompt_id));
+           END""",
+        """CREATE TRIGGER queue_added AFTER INSERT ON queue BEGIN
+             INSERT INTO queue_sizes (ranked, prompts) VALUES (new.ranked, 1)
+               ON CONFLICT (ranked) DO UPDATE SET prompts = prompts + 1;
+             INSERT OR IGNORE INTO queue_reopened (annotator_id, per_prompt, prompt_id)
+               SELECT annotator_id, per_prompt, new.prompt_id FROM queue_cursors
+               WHERE next_prompt > new.prompt_id;
+           END""",
+        """CREATE TRIGGER queue_ranked AFTER UPDATE OF ranked ON queue
+           WHEN new.ranked <> old.ranked BEGIN
+             UPDATE queue_sizes SET prompts = prompts - 1 WHERE ranked = old.ranked;
+             INSERT INTO queue_sizes (ranked, prompts) VALUES (new.ranked, 1)
+               ON CONFLICT (ranked) DO UPDATE SET prompts = prompts + 1;
+             UPDATE done_sizes SET prompts = prompts - 1
+               WHERE ranked = old.ranked AND annotator_id IN
+                 (SELECT annotator_id FROM queue_done WHERE prompt_id = new.prompt_id);
+             INSERT INTO done_sizes (annotator_id, ranked, prompts)
+               SELECT annotator_id, new.ranked, 1 FROM queue_done
+               WHERE prompt_id = new.prompt_id
+               ON CONFLICT (annotator_id, ranked) DO UPDATE SET prompts = prompts + 1;
+             -- Fewer rankings: maybe free again for every N it had reached.
+             INSERT OR IGNORE INTO queue_reopened (annotator_id, per_prompt, prompt_id)
+               SELECT annotator_id, per_prompt, new.prompt_id FROM queue_cursors
+               WHERE next_prompt > new.prompt_id
+                 AND per_prompt > new.ranked AND per_prompt <= old.ranked;
+           END""",
+        """CREATE TRIGGER queue_done_added AFTER INSERT ON queue_done BEGIN
+             INSERT INTO done_sizes (annotator_id, ranked, prompts) VALUES (new.annotator_id,
+               (SELECT ranked FROM queue WHERE prompt_id = new.prompt_id), 1)
+               ON CONFLICT (annotator_id, ranked) DO UPDATE SET prompts = prompts + 1;
+           END""",
+        """CREATE TRIGGER queue_done_removed AFTER DELETE ON queue_done BEGIN
+             UPDATE done_sizes SET prompts = prompts - 1
+               WHERE annotator_id = old.annotator_id
+                 AND ranked = (SELECT ranked FROM queue WHERE prompt_id = old.prompt_id);
+             INSERT OR IGNORE INTO queue_reopened (annotator_id, per_prompt, prompt_id)
+               SELECT annotator_id, per_prompt, old.prompt_id FROM queue_cursors
+               WHERE annotator_id = old.annotator_id AND next_prompt > old.prompt_id;
+           END""",
+        """CREATE TRIGGER rankings_queue AFTER INSERT ON rankings BEGIN
+             UPDATE queue SET ranked = ranked + 1 WHERE prompt_id = new.prompt_id;
+             INSERT INTO queue_done (annotator_id, prompt_id)
+               SELECT new.annotator_id, new.prompt_id
+               WHERE EXISTS (SELECT 1 FROM queue WHERE prompt_id = new.prompt_id);
+           END""",
+        """CREATE TRIGGER skips_queue AFTER INSERT ON skips BEGIN
+             INSERT INTO queue_done (annotator_id, prompt_id)
+               SELECT new.annotator_id, new.prompt_id
+               WHERE EXISTS (SELECT 1 FROM queue WHERE prompt_id = new.prompt_id);
+           END""",
+        """CREATE TRIGGER retractions_queue AFTER INSERT ON retractions BEGIN
+             UPDATE queue SET ranked = ranked - 1
+               WHERE prompt_id = (SELECT prompt_id FROM rankings WHERE id = new.ranking_id);
+             DELETE FROM queue_done
+               WHERE annotator_id = (SELECT annotator_id FROM rankings WHERE id = new.ranking_id)
+                 AND prompt_id = (SELECT prompt_id FROM rankings WHERE id = new.ranking_id);
+             DELETE FROM queue_done
+               WHERE annotator_id = (SELECT annotator_id FROM skips WHERE id = new.skip_id)
+                 AND prompt_id = (SELECT prompt_id FROM skips WHERE id = new.skip_id);
+           END""",
+        # Fill the queue from what an older file holds (the triggers above keep the counts).
+        """INSERT INTO queue (prompt_id, ranked)
+           SELECT p.id, (SELECT count(*) FROM current_rankings r WHERE r.prompt_id = p.id)
+           FROM prompts p WHERE EXISTS (SELECT 1 FROM candidates c WHERE c.prompt_id = p.id)""",
+        """INSERT INTO queue_done (annotator_id, prompt_id)
+           SELECT DISTINCT annotator_id, prompt_id FROM (
+             SELECT annotator_id, prompt_id FROM current_rankings
+             UNION ALL SELECT annotator_id, prompt_id FROM current_skips)
+           WHERE prompt_id IN (SELECT prompt_id FROM queue)""",
     ],
 ]
 
