@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from alignment.config import describe_fields, load_recipe
 from alignment.errors import AlignmentError
@@ -160,8 +161,8 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
     launch(
         args.db,
-        annotators=args.annotators,
-        single_user=args.single_user,
+        args.annotators,  # one of these two is None (argparse makes them exclusive)
+        args.single_user,
         host=args.host,
         port=args.port,
         per_prompt=args.per_prompt,
@@ -182,11 +183,15 @@ def _read_password() -> str:
 
 
 def cmd_annotators(args: argparse.Namespace) -> None:
-    from alignment.ui.annotators import add_annotator, load_annotators
+    from alignment.ui.annotators import add_annotator, load_annotators, remove_annotator
 
     if args.action == "add":
         entry = add_annotator(args.file, args.name, _read_password(), args.role, args.replace)
         print(f"{args.file}: {entry.name} ({entry.role}) saved")
+        return
+    if args.action == "remove":
+        entry = remove_annotator(args.file, args.name)
+        print(f"{args.file}: removed {entry.name} ({entry.role}); their rankings are kept")
         return
     for annotator in load_annotators(args.file).values():
         print(f"{annotator.name:<24} {annotator.role}")
@@ -196,17 +201,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     from alignment.export import export
     from alignment.store import Store
 
+    store = Store(_existing_db(args.db))
     result = export(
-        Store(_existing_db(args.db)),
+        store,
         args.format,
         args.out,
-        min_annotators=args.min_annotators,
-        include_ties=args.include_ties,
-        aggregate=args.aggregate,
+        args.min_annotators,
+        args.include_ties,
+        args.aggregate,
         save_to_disk=args.save_to_disk,
+        push_to_hub=args.push_to_hub,
     )
-    where = " and ".join(str(p) for p in (result.out, result.dataset_dir) if p is not None)
-    print(f"{result.rows} {args.format} rows written to {where}")
+    places = " and ".join(str(p) for p in (result.out, result.dataset_dir, result.hub_url) if p)
+    print(f"{result.rows} {args.format} rows written to {places}")
 
 
 def cmd_agreement(args: argparse.Namespace) -> None:
@@ -262,13 +269,24 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
         "--role", choices=["annotator", "admin"], help="default: annotator (kept on --replace)"
     )
     add.add_argument("--replace", action="store_true", help="change an existing entry")
+    remove = actions.add_parser("remove", help="take an annotator out; they can no longer sign in")
+    remove.add_argument("name")
+    remove.add_argument("--file", default="annotators.yaml")
     listing = actions.add_parser("list", help="list annotators and roles")
     listing.add_argument("--file", default="annotators.yaml")
 
     out = sub.add_parser("export", help="write rankings or preference pairs for the reward model")
     out.add_argument("--db", default="rankings.db")
-    out.add_argument("--format", choices=["rankings", "pairs"], default="pairs")
-    out.add_argument("--out", help="JSONL file to write")
+    out.add_argument(
+        "--format",
+        choices=["rankings", "pairs", "hf"],
+        default="pairs",
+        help="hf: the pairs with their ranks as a `datasets` directory (TRL reads it as is)",
+    )
+    out.add_argument("--out", help="JSONL file to write (hf: a new dataset directory)")
+    out.add_argument(
+        "--push-to-hub", metavar="REPO", help="hf: also upload as a private Hub dataset"
+    )
     out.add_argument("--save-to-disk", metavar="DIR", help="also write a `datasets` directory")
     out.add_argument("--min-annotators", type=int, default=1)
     out.add_argument("--include-ties", action="store_true", help="keep tied pairs (tie: true)")
@@ -354,7 +372,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit codes (README, "Exit codes"); 1 stays Python's own: an unexpected error, with traceback.
+EXIT_BAD_INPUT = 2  # recipe, data, arguments or run directory: the message says what to fix
+EXIT_FILE_SYSTEM = 74  # sysexits' EX_IOERR: disk full, over quota, read-only, permission denied
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+RESUMABLE_COMMANDS = frozenset({"sft", "rm", "ppo", "dpo"})  # the ones with --resume
+
+
+def _how_to_continue(command: str, argv: list[str]) -> str:
+    """The command line that carries on after an interruption or a full disk."""
+    import shlex
+
+    words = list(argv)
+    if command in RESUMABLE_COMMANDS:
+        words += [] if "--resume" in words else ["--resume"]
+    elif command == "run":
+        # Without --from, which would redo finished stages: a rerun skips those and resumes
+        # the interrupted one from its checkpoint.
+        dropped = {i for i, w in enumerate(words) if w == "--from"}
+        dropped |= {i + 1 for i in dropped}
+        words = [w for i, w in enumerate(words) if i not in dropped and not w.startswith("--from=")]
+    elif command != "sample":  # sample skips the prompts that have candidates already
+        return "run the command again"
+    return f"resume with: {shlex.join(['align', *words])}"
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _close_progress_bars()
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def _close_progress_bars() -> None:
+    """A progress bar cut short leaves the cursor mid-line; closing it ends that line, so the
+    message stands on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def _fail_if_not_a_bug(err: Exception, command: str, argv: list[str]) -> None:
+    """Exit with one line when `err` is the machine's doing (a full disk, a read-only directory)
+    or a file that is not UTF-8 text; return for anything else, which is a bug to report."""
+    from pathlib import Path
+
+    from alignment.errors import DISK_FULL, describe_file_system_failure, file_in_traceback
+
+    if isinstance(err, UnicodeDecodeError) and (path := file_in_traceback(err)):
+        from alignment.data import read_text  # its message names the line and byte offset
+
+        try:
+            read_text(Path(path))
+        except AlignmentError as not_text:
+            _fail(f"error: {not_text}", EXIT_BAD_INPUT)
+        except OSError:
+            pass
+    if failure := describe_file_system_failure(err):
+        message, cause = failure
+        if cause in DISK_FULL:
+            message += f"; free some space, then {_how_to_continue(command, argv)}"
+        _fail(f"error: {message}", EXIT_FILE_SYSTEM)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse ends the `overrides` positional at the first option, so key=value overrides
@@ -370,8 +451,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         COMMANDS[args.command](args)
     except AlignmentError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"error: {err}", EXIT_BAD_INPUT)
+    except KeyboardInterrupt as err:
+        # A stage that handled Ctrl-C says what it saved ("interrupted: stopped after step 3...").
+        happened = str(err) or "interrupted"
+        _fail(f"{happened}; {_how_to_continue(args.command, argv)}", EXIT_INTERRUPTED)
+    except Exception as err:
+        _fail_if_not_a_bug(err, args.command, argv)
+        raise
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str
     path = Path(source)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty; expected one JSON object per line")
     if path.suffix == ".json":
@@ -52,6 +52,39 @@ def read_rows(source: str, split: str = "train") -> Iterator[tuple[str, dict[str
                 f"{path}:{number}: invalid JSON: {err.msg} (column {err.colno})"
             ) from None
         yield _checked_object(f"{path}:{number}", row)
+
+
+# What a file that is not UTF-8 text most likely is, by its first bytes, and what to do about it.
+_BINARY_SIGNATURES = {
+    b"\x1f\x8b": "it looks like a gzip file; decompress it first",
+    b"PK\x03\x04": "it looks like a zip archive or spreadsheet; export the rows as JSON Lines",
+    b"PAR1": "it looks like a Parquet file; convert it to JSON Lines",
+    b"SQLite format 3\x00": "it looks like an SQLite database; export rankings with `align export`",
+    b"\xff\xfe": "it looks like UTF-16 text; save it as UTF-8",
+    b"\xfe\xff": "it looks like UTF-16 text; save it as UTF-8",
+}
+
+
+def read_text(path: Path) -> str:
+    """A user's text file decoded as UTF-8; a binary or otherwise encoded file is a DataError
+    naming the file, the line and the byte offset of the first byte that is not UTF-8 text."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = err.start
+    else:
+        bad = raw.find(b"\x00")  # valid UTF-8, but only binary files and UTF-16 hold NUL bytes
+        if bad < 0:
+            return text.removeprefix("\ufeff")  # the byte-order mark some editors write
+    hint = next(
+        (hint for magic, hint in _BINARY_SIGNATURES.items() if raw.startswith(magic)),
+        "expected UTF-8 text",
+    )
+    line = raw.count(b"\n", 0, bad) + 1
+    raise DataError(
+        f"{path}:{line}: not a UTF-8 text file (byte 0x{raw[bad]:02x} at offset {bad}); {hint}"
+    )
 
 
 def _checked_object(origin: str, row: Any) -> tuple[str, dict[str, Any]]:

@@ -33,12 +33,16 @@ from alignment import cpu, trainers
 from alignment.adapters import check_same_base, input_adapter
 from alignment.config import Recipe
 from alignment.errors import DataError, RunStateError
+from alignment.guarded_trainer import GuardedTrainer
 from alignment.models import cast_adapter, compute_dtype, load_model
 from alignment.preferences import Comparison
-from alignment.runs import metric_callbacks
 
 log = logging.getLogger(__name__)
 POLICY = "default"  # the adapter name DPOTrainer trains; it adds the frozen "ref" copy itself
+
+
+class GuardedDPOTrainer(GuardedTrainer, DPOTrainer):
+    """TRL's DPOTrainer with complete checkpoints, exact resume and a divergence guard."""
 
 
 def check_one_kind(comparisons: list[Comparison]) -> None:
@@ -111,19 +115,18 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
     )
-    trainer = DPOTrainer(
+    trainer = GuardedDPOTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(train_rows),
         eval_dataset=evaluation,
         processing_class=start.tokenizer,
-        callbacks=metric_callbacks(start.out),
+        **trainers.guarded(recipe, start),
     )
     if "ref" not in trainer.model.peft_config:
         raise RunStateError(f"{sft_dir}: DPOTrainer made no frozen reference copy of this adapter")
-    # TRL casts a quantized model's trainable adapter to bf16, and PEFT loads the reference copy in
-    # float32. Keeping both in the compute dtype makes policy and reference agree exactly at step 0.
-    trainers.keep_trainable_params_in(trainer.model, dtype)
+    # PEFT loads the reference copy in float32; in the policy's compute dtype (GuardedTrainer keeps
+    # the policy there) policy and reference agree exactly at step 0.
     cast_adapter(trainer.model, "ref", dtype)
     dropped = len(train_rows) - len(trainer.train_dataset)
     if dropped:
@@ -135,11 +138,11 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
         )
     if len(trainer.train_dataset) == 0:
         raise DataError(f"{cfg.data}: every prompt is longer than dpo.max_length={cfg.max_length}")
-    result = trainer.train(resume_from_checkpoint=start.resume_from)
+    result = trainers.train(trainer, start)
 
     train_logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     summary: dict[str, Any] = {
-        "train_loss": result.training_loss,
+        "train_loss": trainer.mean_loss(),
         "steps": result.global_step,
         "train_pairs": len(trainer.train_dataset),
         "train_comparisons": len(train_comparisons),

@@ -6,6 +6,8 @@ package as GGUF and is converted once to safetensors in the cache.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import os

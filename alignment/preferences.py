@@ -20,9 +20,10 @@ says neither is preferred and the Bradley–Terry model has no term for "equal".
 tie, or a ranking tied throughout, therefore trains nothing and is skipped.
 
 Bad input never disappears silently: a row that cannot train (identical chosen and rejected, an
-empty answer, fewer than two candidates, a tie) is skipped and counted by reason; an empty
-completion inside a ranking that still trains is dropped and counted. Malformed rows and unknown
-formats raise DataError naming the file and line.
+empty answer, fewer than two candidates, a tie) is skipped, counted by reason and named by file
+and line in the log and the run summary; an empty completion inside a ranking that still trains is
+dropped, counted and named the same way. Malformed rows and unknown formats raise DataError
+naming the file and line.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ class Comparison:
         return [*self.prompt, *answer]
 
 
+REPORTED_ORIGINS = 20  # rows named per reason in a run summary; the counts cover them all
+LOGGED_ORIGINS = 5  # rows named per reason in the log line
+
+
 @dataclass
 class PreferenceData:
     source: str
@@ -78,13 +83,16 @@ class PreferenceData:
     formats: Counter[str] = field(default_factory=Counter)  # rows read, by detected format
     skipped: Counter[str] = field(default_factory=Counter)  # rows left out, by reason
     dropped: Counter[str] = field(default_factory=Counter)  # parts of kept rankings left out
+    # Where: the origin ("file:line") of every row left out, or with parts left out, by reason.
+    skipped_at: dict[str, list[str]] = field(default_factory=dict)
+    dropped_at: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def pair_count(self) -> int:
         return sum(len(c.pairs) for c in self.comparisons)
 
     def report(self) -> dict[str, Any]:
-        """The figures a run summary shows for this data."""
+        """The figures a run summary shows for this data, with the first rows left out named."""
         return {
             "source": self.source,
             "rows": self.rows,
@@ -93,7 +101,30 @@ class PreferenceData:
             "formats": dict(self.formats),
             "skipped": dict(self.skipped),
             "dropped": dict(self.dropped),
+            "skipped_rows": _first(self.skipped_at, REPORTED_ORIGINS),
+            "dropped_rows": _first(self.dropped_at, REPORTED_ORIGINS),
         }
+
+    def describe_left_out(self) -> str:
+        """One line naming, by reason, the rows skipped or trimmed: the count and the first rows."""
+        parts = [
+            f"{verb} {count}, {reason}: {_named(where[reason], LOGGED_ORIGINS)}"
+            for verb, counts, where in (
+                ("skipped", self.skipped, self.skipped_at),
+                ("dropped", self.dropped, self.dropped_at),
+            )
+            for reason, count in counts.items()
+        ]
+        return "; ".join(parts)
+
+
+def _first(origins: dict[str, list[str]], limit: int) -> dict[str, list[str]]:
+    return {reason: where[:limit] for reason, where in origins.items()}
+
+
+def _named(origins: list[str], limit: int) -> str:
+    more = len(origins) - limit
+    return ", ".join(origins[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 class _Skip(Exception):
@@ -277,22 +308,26 @@ def read_preferences(source: str, split: str = "train", fmt: Format = "auto") ->
         data.rows += 1
         kind = _row_format(origin, row, fmt)
         data.formats[kind] += 1
+        dropped: Counter[str] = Counter()
         try:
             if kind == "rankings":
-                comparison = _parse_ranking(origin, row, data.dropped)
+                comparison = _parse_ranking(origin, row, dropped)
             else:
                 comparison = _parse_chosen_rejected(origin, row, kind)
         except _Skip as skip:
             data.skipped[skip.reason] += 1
+            data.skipped_at.setdefault(skip.reason, []).append(origin)
             continue
+        finally:
+            data.dropped.update(dropped)
+            for reason in dropped:
+                data.dropped_at.setdefault(reason, []).append(origin)
         data.comparisons.append(comparison)
     if data.skipped or data.dropped:
-        log.warning(
-            "%s: skipped %s; dropped %s", source, dict(data.skipped) or "none", dict(data.dropped)
-        )
+        log.warning("%s: %s", source, data.describe_left_out())
     if not data.comparisons:
         raise DataError(
             f"{source}: no usable comparisons in {data.rows} rows "
-            f"(skipped: {dict(data.skipped) or 'none'})"
+            f"({data.describe_left_out() or 'none skipped'})"
         )
     return data

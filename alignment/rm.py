@@ -17,7 +17,6 @@ metrics.jsonl, summary.json and a model card.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -44,12 +43,13 @@ from trl.trainer.reward_trainer import suppress_seqcls_warning
 from alignment import cpu, trainers
 from alignment.config import LoraConfig, Recipe
 from alignment.errors import RecipeError, RunStateError
-from alignment.models import base_model_id, compute_dtype, load_model, peft_config
+from alignment.guarded_trainer import GuardedTrainer
+from alignment.models import base_model_id, load_model, peft_config
 from alignment.reward.encoding import ComparisonCollator, encode_comparison
 from alignment.reward.loading import STATS_FILE
 from alignment.reward.metrics import preference_report
 from alignment.reward.scoring import batch_scores, comparison_scores, reward_stats
-from alignment.runs import metric_callbacks, stage_dir
+from alignment.runs import stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ def comparison_loss(
     return -(pair_weight.to(device) * F.logsigmoid(differences)).sum()
 
 
-class ComparisonTrainer(RewardTrainer):
-    """RewardTrainer over ComparisonCollator batches (see the module docstring for why)."""
+class ComparisonTrainer(GuardedTrainer, RewardTrainer):
+    """RewardTrainer over ComparisonCollator batches (see the module docstring for why), with
+    complete checkpoints, exact resume and a divergence guard (GuardedTrainer)."""
 
     def _prepare_dataset(self, dataset: Dataset, *args: Any, **kwargs: Any) -> Dataset:
         return dataset  # already tokenized and truncated by encode_comparison
@@ -177,12 +178,9 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         eval_dataset=Dataset.from_list([asdict(row) for row in eval_rows]) if eval_rows else None,
         processing_class=tokenizer,
         data_collator=ComparisonCollator(tokenizer.pad_token_id, cfg.share_prefix),
-        callbacks=metric_callbacks(start.out),
+        **trainers.guarded(recipe, start),
     )
-    # TRL casts a quantized model's trainables (the head too) to bf16; with float32 compute on
-    # CPU the hidden states would meet a bf16 head.
-    trainers.keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
-    result = trainer.train(resume_from_checkpoint=start.resume_from)
+    result = trainers.train(trainer, start)
     model = trainer.model
     model.eval()
 
@@ -191,7 +189,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         stats_rows = random.Random(recipe.seed).sample(train_rows, cfg.stats_examples)
     stats = reward_stats(model, stats_rows, tokenizer.pad_token_id, cfg.batch_size)
     summary: dict[str, Any] = {
-        "train_loss": result.training_loss,
+        "train_loss": trainer.mean_loss(),
         "steps": result.global_step,
         "train_seconds": result.metrics.get("train_runtime"),
         "train_comparisons": len(train),
@@ -216,28 +214,28 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     if eval_data is not None:
         summary["eval_data"] = eval_data.report()
 
-    trainers.save(trainer, start, recipe, "rm", summary, card_metrics)
-    if not trainer.accelerator.is_main_process:
-        return RMOutcome(start.out, model, summary)
-    (start.out / STATS_FILE).write_text(
-        json.dumps(
-            {
-                **stats,
-                "max_length": cfg.max_length,
-                "base_model": base_model_id(recipe.model),
-                "model": recipe.model.model_dump(mode="json"),
-            },
-            indent=2,
-        )
-        + "\n"
+    stats_file = {
+        **stats,
+        "max_length": cfg.max_length,
+        "base_model": base_model_id(recipe.model),
+        "model": recipe.model.model_dump(mode="json"),
+    }
+    note = (
+        "\n## Scoring\n\nA reward model: load the base with "
+        "`AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)` before "
+        "`PeftModel.from_pretrained`, or use `alignment.reward.load_reward_model(<this directory>)` "
+        "and `alignment.reward.score`. Rewards are read at the last real token; "
+        f"`{STATS_FILE}` holds their mean and std on the training answers.\n"
     )
-    with (start.out / "README.md").open("a") as card:
-        card.write(
-            "\n## Scoring\n\nA reward model: load the base with "
-            "`AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)` before "
-            "`PeftModel.from_pretrained`, or use `alignment.reward.load_reward_model(<this directory>)` "
-            "and `alignment.reward.score`. Rewards are read at the last real token; "
-            f"`{STATS_FILE}` holds their mean and std on the training answers.\n"
-        )
+    trainers.save(
+        trainer,
+        start,
+        recipe,
+        "rm",
+        summary,
+        card_metrics,
+        extra_json={STATS_FILE: stats_file},
+        card_note=note,
+    )
     log.info("reward adapter saved to %s: %s", start.out, card_metrics)
     return RMOutcome(start.out, model, summary)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from alignment.config import Recipe, save_recipe
+
+METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step of a stage
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:
@@ -69,7 +73,7 @@ class MetricsLogger(TrainerCallback):
 
 def metric_callbacks(out: Path) -> list[TrainerCallback]:
     """JSONL metrics always; TensorBoard event files in <stage>/tensorboard when it is installed."""
-    callbacks: list[TrainerCallback] = [MetricsLogger(out / "metrics.jsonl")]
+    callbacks: list[TrainerCallback] = [MetricsLogger(out / METRICS_FILE)]
     try:
         import tensorboard  # noqa: F401
     except ImportError:
@@ -83,8 +87,59 @@ def metric_callbacks(out: Path) -> list[TrainerCallback]:
     return [*callbacks, tensorboard_logger]
 
 
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: a non-finite number is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write strict JSON atomically: a temporary file, synced, renamed over `path`."""
+    staging = path.with_name(f".{path.name}.partial")
+    with staging.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staging, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file below `directory`, and the directories themselves, to disk."""
+    for path in sorted(directory.rglob("*"), reverse=True):
+        if path.is_file():
+            with path.open("rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(directory)
+
+
+def count_rows(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def keep_first_rows(path: Path, count: int) -> None:
+    """Keep the first `count` JSONL rows: a resumed stage logs the later ones again."""
+    if path.exists():
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:count]))
+
+
 def write_summary(out: Path, summary: dict[str, Any]) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
 
 
 # The recipe keys that name each stage's training data, for the model card's Data section.
@@ -114,7 +169,12 @@ def _describe_source(source: str) -> str:
 
 
 def write_model_card(
-    out: Path, recipe: Recipe, stage: str, base_model: str, metrics: dict[str, Any]
+    out: Path,
+    recipe: Recipe,
+    stage: str,
+    base_model: str,
+    metrics: dict[str, Any],
+    note: str = "",
 ) -> None:
     """A Hub-style README with metadata (base model, data, metrics, the resolved recipe), so the
     adapter is self-describing wherever it goes, `align push` included."""
@@ -169,5 +229,5 @@ model = PeftModel.from_pretrained(base, "<this directory or Hub id>")
 
 ```yaml
 {recipe_yaml}```
-"""
+{note}"""
     )

@@ -15,10 +15,14 @@ from trl import SFTConfig, SFTTrainer
 from alignment import cpu, trainers
 from alignment.config import Recipe
 from alignment.data import sft_examples
-from alignment.models import compute_dtype, load_model, peft_config
-from alignment.runs import metric_callbacks
+from alignment.guarded_trainer import GuardedTrainer
+from alignment.models import load_model, peft_config
 
 log = logging.getLogger(__name__)
+
+
+class GuardedSFTTrainer(GuardedTrainer, SFTTrainer):
+    """TRL's SFTTrainer with complete checkpoints, exact resume and a divergence guard."""
 
 
 @dataclass
@@ -55,20 +59,19 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=cfg.padding_free,
     )
-    trainer = SFTTrainer(
+    trainer = GuardedSFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=start.tokenizer,
         peft_config=peft_config(recipe.lora),
-        callbacks=metric_callbacks(start.out),
+        **trainers.guarded(recipe, start),
     )
-    trainers.keep_trainable_params_in(trainer.model, compute_dtype(recipe.model))
-    result = trainer.train(resume_from_checkpoint=start.resume_from)
+    result = trainers.train(trainer, start)
 
     summary = {
-        "train_loss": result.training_loss,
+        "train_loss": trainer.mean_loss(),
         "steps": result.global_step,
         "train_examples": len(train),
         "train_seconds": result.metrics.get("train_runtime"),

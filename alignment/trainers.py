@@ -9,21 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase, Trainer
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PreTrainedTokenizerBase
+from transformers.trainer_utils import TrainOutput
 
 from alignment.config import PreferenceSection, Recipe, TrainerSection
 from alignment.errors import RunStateError
-from alignment.models import base_model_id, load_tokenizer, resolve_model, trainer_precision
+from alignment.guarded_trainer import GuardedTrainer, checkpoint_to_resume
+from alignment.models import (
+    base_model_id,
+    compute_dtype,
+    load_tokenizer,
+    resolve_model,
+    trainer_precision,
+)
 from alignment.preferences import Comparison, PreferenceData, read_preferences
-from alignment.runs import start_stage, write_model_card, write_summary
+from alignment.runs import (
+    METRICS_FILE,
+    fsync_tree,
+    metric_callbacks,
+    start_stage,
+    write_json,
+    write_model_card,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +59,66 @@ class StageStart:
 def start(recipe: Recipe, stage: str, resume: bool) -> StageStart:
     """Create the stage directory, apply the resume rules, and load the base's tokenizer."""
     out = start_stage(recipe, stage)
+    if (out / "adapter_config.json").is_file():
+        raise RunStateError(
+            f"{out} already holds a finished {stage} adapter, so there is nothing to --resume; "
+            f"`align run --from {stage}` redoes it (moving this one aside), or set "
+            "run_dir=<new dir> to start another run"
+        )
     checkpoints = out / "checkpoints"
-    resume_from = checkpoint_to_resume(checkpoints, resume)
+    resume_from = checkpoint_to_resume(checkpoints, resume, out / METRICS_FILE)
+    if resume_from is None and not resume and (out / METRICS_FILE).is_file():
+        raise RunStateError(
+            f"{out} holds an earlier attempt's {METRICS_FILE} but no checkpoint to resume; "
+            f"`align run --from {stage}` redoes the stage (moving this one aside), or set "
+            "run_dir=<new dir> to start another run"
+        )
     source = resolve_model(recipe.model)
     return StageStart(out, checkpoints, resume_from, source, load_tokenizer(recipe.model, source))
 
 
+def guarded(recipe: Recipe, start: StageStart) -> dict[str, Any]:
+    """The keyword arguments a GuardedTrainer of a stage takes besides TRL's own."""
+    return {
+        "callbacks": metric_callbacks(start.out),
+        "compute_dtype": compute_dtype(recipe.model),
+        "metrics_file": start.out / METRICS_FILE,
+    }
+
+
+def train(trainer: GuardedTrainer, start: StageStart) -> TrainOutput:
+    """Train from the start or the checkpoint `start` names; StageInterrupted after a Ctrl-C."""
+    return trainer.train_from(start.resume_from)
+
+
 def save(
-    trainer: Trainer,
+    trainer: GuardedTrainer,
     start: StageStart,
     recipe: Recipe,
     stage: str,
     summary: dict[str, Any],
     card_metrics: dict[str, Any] | None = None,
     adapters: list[str] | None = None,
+    extra_json: dict[str, dict[str, Any]] | None = None,
+    card_note: str = "",
 ) -> None:
-    """Save the trained adapter(s), tokenizer, summary and model card; one process writes."""
+    """Save the trained adapter(s), tokenizer, model card and `extra_json` files into the stage
+    directory, then summary.json, which marks the stage finished. Everything is written to a
+    staging folder first and synced, so a kill leaves either the old state or the whole output."""
     if trainer.accelerator.is_main_process:
-        trainer.model.save_pretrained(start.out, selected_adapters=adapters)
-        start.tokenizer.save_pretrained(start.out)
-        write_summary(start.out, summary)
+        staging = start.out / ".final.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.model.save_pretrained(staging, selected_adapters=adapters)
+        start.tokenizer.save_pretrained(staging)
         metrics = summary if card_metrics is None else card_metrics
-        write_model_card(start.out, recipe, stage, base_model_id(recipe.model), metrics)
+        write_model_card(staging, recipe, stage, base_model_id(recipe.model), metrics, card_note)
+        for name, data in (extra_json or {}).items():
+            write_json(staging / name, data)
+        fsync_tree(staging)
+        for path in staging.iterdir():
+            os.replace(path, start.out / path.name)
+        staging.rmdir()
+        write_summary(start.out, summary)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -95,31 +150,6 @@ def arguments(
         "report_to": [],
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
-
-
-def checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
-    """The checkpoint `--resume` continues from; refuses to silently restart over existing ones."""
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if resume and last is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", checkpoints)
-    if not resume and last is not None:
-        raise RunStateError(
-            f"{checkpoints.parent} already holds a run ({Path(last).name}); pass --resume to continue "
-            "it, or set run_dir=<new dir> to start another"
-        )
-    return last
-
-
-def keep_trainable_params_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    """Undo TRL's cast of QLoRA adapters to bf16 where compute runs in another dtype.
-
-    With float32 compute (CPUs without native bf16), bf16 adapters would lose precision in every
-    optimizer update, break a float32 head ("expected m1 and m2 to have the same dtype") and slow
-    each LoRA matmul. With bf16 compute this is a no-op.
-    """
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != dtype:
-            param.data = param.data.to(dtype)
 
 
 def hold_out(

@@ -5,7 +5,7 @@
 Both train SmolLM2-135M-Instruct (the embedded model, converted once; both read the same
 directory) with QLoRA: a 4-bit NF4 base (double quant), LoRA of the same rank on all linear
 layers and a trained score head, for the same steps, batch size (pairs per step), max length,
-learning rate and schedule, on ../shared/data/hh-rlhf-harmless/train.jsonl. `align rm` runs
+learning rate and schedule, on data/hh-rlhf-harmless/train.jsonl. `align rm` runs
 recipes/hh-harmless.yaml; `trl reward` gets the same pairs, converted by the same reader to TRL's
 conversational preference format (explicit prompt), in a temporary directory. Both adapters are
 then scored by the same code, `align eval rm`, on test.jsonl.
@@ -39,7 +39,7 @@ from alignment.models import load_tokenizer, resolve_model
 from alignment.preferences import read_preferences
 from alignment.tokens import conversation_ids
 
-DATA = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
+DATA = ROOT / "data" / "hh-rlhf-harmless"
 
 
 def trl_rows(source: Path) -> list[dict]:

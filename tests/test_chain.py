@@ -1,7 +1,9 @@
 """`align run`: the whole chain on the tiny model, with the rubric judge ranking."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import pytest
 
 from alignment.chain import run_chain
 from alignment.config import load_recipe
-from alignment.errors import RecipeError
+from alignment.errors import RecipeError, RunStateError
 from alignment.store import Store
 from tests.conftest import ROOT
 
@@ -34,7 +36,7 @@ eval: {{prompts: {ROOT / "data" / "prompts_heldout.jsonl"}, limit: 4, max_new_to
     return path
 
 
-def test_whole_chain_runs_skips_finished_stages_and_reports(chain_recipe):
+def test_whole_chain_runs_skips_finished_stages_redoes_stale_ones_and_reports(chain_recipe):
     recipe = load_recipe(chain_recipe)
     assert run_chain(recipe) == ["sft", "sample", "rank", "rm", "ppo", "eval", "report"]
     run = recipe.output_dir
@@ -54,6 +56,16 @@ def test_whole_chain_runs_skips_finished_stages_and_reports(chain_recipe):
     # A rerun skips every finished stage; sample and rank find nothing left to do.
     assert run_chain(recipe) == ["sample", "rank", "report"]
     assert len(list(Store(run / "rankings.db").current_rankings())) == 12
+
+    # A reward model trained again leaves PPO and the evaluation out of date: the next run redoes
+    # them, keeping their earlier outputs.
+    first_policy = (run / "ppo" / "adapter_model.safetensors").read_bytes()
+    assert run_chain(recipe, start="sample", until="rm") == ["sample", "rank", "rm"]
+    assert run_chain(recipe) == ["sample", "rank", "ppo", "eval", "report"]
+    (kept_ppo,) = run.glob("ppo.previous-*")
+    assert (kept_ppo / "adapter_model.safetensors").read_bytes() == first_policy
+    assert len(list(run.glob("eval.previous-*"))) == 1
+    assert run_chain(recipe) == ["sample", "rank", "report"]  # and now all is current
 
 
 def test_from_and_until(chain_recipe):
@@ -79,3 +91,44 @@ def test_human_ranking_stops_after_sampling(chain_recipe, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "0 rankings in" in done.stdout and "--from rm" in done.stdout
     assert not (tmp_path / "run" / "rm").exists()
+
+
+@pytest.fixture
+def sft_only(tmp_path, tiny_model_dir, demos_file):
+    path = tmp_path / "sft.yaml"
+    path.write_text(
+        f"""name: sft-only
+run_dir: {tmp_path / "run"}
+model: {{name: {tiny_model_dir}, dtype: float32}}
+lora: {{r: 4, alpha: 8}}
+sft: {{data: {demos_file}, max_steps: 2, batch_size: 4, eval_fraction: 0, logging_steps: 1}}
+chain: {{stages: [sft]}}
+"""
+    )
+    return load_recipe(path)
+
+
+def test_changed_training_data_redoes_the_stage_and_keeps_the_old_one(sft_only, demos_file):
+    assert run_chain(sft_only) == ["sft"]
+    assert run_chain(sft_only) == []  # finished, data unchanged
+    trained = (sft_only.output_dir / "sft" / "summary.json").stat().st_mtime_ns
+    os.utime(demos_file, ns=(trained + 1, trained + 1))  # the demonstrations edited since
+    assert run_chain(sft_only) == ["sft"]
+    (kept,) = sft_only.output_dir.glob("sft.previous-*")
+    assert (kept / "adapter_model.safetensors").is_file()
+    assert run_chain(sft_only) == []
+
+
+def test_output_without_a_checkpoint_is_never_trained_over(sft_only):
+    assert run_chain(sft_only) == ["sft"]
+    sft = sft_only.output_dir / "sft"
+    # Finished but for its summary (say, killed while saving), its checkpoints deleted.
+    (sft / "summary.json").unlink()
+    shutil.rmtree(sft / "checkpoints")
+    metrics = (sft / "metrics.jsonl").read_text()
+    with pytest.raises(RunStateError, match=r"sft holds the output of an earlier run .*--from sft"):
+        run_chain(sft_only)
+    assert (sft / "metrics.jsonl").read_text() == metrics  # nothing appended, nothing lost
+    assert run_chain(sft_only, start="sft") == ["sft"]
+    (kept,) = sft_only.output_dir.glob("sft.previous-*")
+    assert (kept / "metrics.jsonl").read_text() == metrics

@@ -102,3 +102,43 @@ def test_shipped_data_is_valid():
     assert len(sft_examples(str(ROOT / "data" / "demos.jsonl"))) >= 300
     for name in ("prompts.jsonl", "prompts_heldout.jsonl"):
         assert len(read_prompts(str(ROOT / "data" / name))) >= 50
+
+
+LATIN_1 = b'{"prompt": "a", "completion": "b"}\n\n{"prompt": "caf\xe9"}\n'
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "offset", "hint"),
+    [
+        (b"\x1f\x8b\x08\x00binary", 1, 1, "it looks like a gzip file; decompress it first"),
+        (
+            '{"prompt": "hi"}\n'.encode("utf-16"),
+            1,
+            0,
+            "it looks like UTF-16 text; save it as UTF-8",
+        ),
+        (b"SQLite format 3\x00\x10\x00", 1, 15, "it looks like an SQLite database"),
+        (LATIN_1, 3, LATIN_1.index(b"\xe9"), "expected UTF-8 text"),
+        ('{"prompt": "a"}'.encode("utf-16-le"), 1, 1, "expected UTF-8 text"),  # NUL bytes, no BOM
+    ],
+)
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_files_that_are_not_utf8_text_name_line_and_byte_offset(
+    tmp_path, content, line, offset, hint, suffix
+):
+    path = tmp_path / f"d{suffix}"
+    path.write_bytes(content)
+    expected = (
+        f"{path}:{line}: not a UTF-8 text file (byte 0x{content[offset]:02x} at offset {offset}); "
+        f"{hint}"
+    )
+    for read in (sft_examples, read_prompts):
+        with pytest.raises(DataError) as error:
+            read(str(path))
+        assert str(error.value).startswith(expected)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_data(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "Capital of Peru?", "completion": "Lima."}\n')
+    assert sft_examples(str(path))[0]["completion"][0]["content"] == "Lima."

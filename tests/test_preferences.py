@@ -1,5 +1,7 @@
 """Reading preference data: every input format into one form, skips counted, errors located."""
 
+import logging
+
 import pytest
 
 from alignment.errors import DataError
@@ -98,7 +100,7 @@ def test_hh_text_becomes_alternating_chat_turns():
     ]
 
 
-def test_unusable_rows_are_skipped_and_counted_by_reason(tmp_path):
+def test_unusable_rows_are_skipped_counted_and_named_by_reason(tmp_path, caplog):
     rows = [
         {"prompt": USER, "chosen": assistant("Same."), "rejected": assistant("Same.")},
         {"prompt": USER, "chosen": assistant("   "), "rejected": assistant("No.")},
@@ -116,7 +118,9 @@ def test_unusable_rows_are_skipped_and_counted_by_reason(tmp_path):
         },
         ranking(["Red.", "Blue.", "", "Blue."], [1, 2, 3, 4]),  # trains; an empty one is dropped
     ]
-    data = read_preferences(str(write_jsonl(tmp_path / "bad.jsonl", rows)))
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="alignment.preferences"):
+        data = read_preferences(str(path))
     assert data.rows == 8
     assert dict(data.skipped) == {SKIP_IDENTICAL: 1, SKIP_EMPTY: 2, SKIP_FEW: 2, SKIP_TIE: 2}
     assert dict(data.dropped) == {DROP_EMPTY: 3, DROP_IDENTICAL: 1}
@@ -126,12 +130,42 @@ def test_unusable_rows_are_skipped_and_counted_by_reason(tmp_path):
     assert sorted(kept.pairs) == [(0, 1), (0, 2)]
     report = data.report()
     assert report["skipped"][SKIP_TIE] == 2 and report["comparisons"] == 1
+    # Each row left out is named by file and line, in the summary and in the log.
+    assert report["skipped_rows"] == {
+        SKIP_IDENTICAL: [f"{path}:1"],
+        SKIP_EMPTY: [f"{path}:2", f"{path}:3"],
+        SKIP_FEW: [f"{path}:4", f"{path}:5"],
+        SKIP_TIE: [f"{path}:6", f"{path}:7"],
+    }
+    assert report["dropped_rows"] == {
+        DROP_EMPTY: [f"{path}:5", f"{path}:8"],
+        DROP_IDENTICAL: [f"{path}:8"],
+    }
+    (logged,) = caplog.messages
+    assert f"skipped 2, {SKIP_TIE}: {path}:6, {path}:7" in logged
+    assert f"dropped 3, {DROP_EMPTY}: {path}:5, {path}:8" in logged
+
+
+def test_many_skipped_rows_are_counted_in_full_and_named_in_part(tmp_path, caplog):
+    rows = [ranking(["Red.", "Blue."], [1, 2])] + [ranking(["Red.", "Blue."], [1, 1])] * 30
+    path = write_jsonl(tmp_path / "ties.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="alignment.preferences"):
+        report = read_preferences(str(path)).report()
+    assert report["skipped"] == {SKIP_TIE: 30}
+    assert report["skipped_rows"][SKIP_TIE] == [f"{path}:{n}" for n in range(2, 22)]
+    (logged,) = caplog.messages
+    assert logged.endswith(
+        f"skipped 30, {SKIP_TIE}: {path}:2, {path}:3, {path}:4, {path}:5, {path}:6 and 25 more"
+    )
 
 
 def test_file_without_usable_rows_says_why(tmp_path):
     path = write_jsonl(tmp_path / "ties.jsonl", [ranking(["Red.", "Blue."], [1, 1])])
-    with pytest.raises(DataError, match=r"no usable comparisons in 1 rows .*tie"):
+    with pytest.raises(DataError) as error:
         read_preferences(str(path))
+    assert str(error.value) == (
+        f"{path}: no usable comparisons in 1 rows (skipped 1, {SKIP_TIE}: {path}:1)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -153,8 +153,8 @@ def test_rm_learns_a_marker_preference_and_reports_it(tmp_path, tiny_model_dir, 
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "Accuracy by length" in printed
 
-    # A second run refuses to start over the first one's checkpoints.
-    with pytest.raises(RunStateError, match="--resume"):
+    # A second run refuses to start over the first one's finished output.
+    with pytest.raises(RunStateError, match="already holds a finished .* nothing to --resume"):
         run_rm(load_recipe(recipe))
 
 
@@ -375,11 +375,11 @@ def test_rm_init_sft_without_an_sft_adapter_fails_before_loading(tmp_path, tiny_
 
 @pytest.mark.slow
 def test_hh_recipe_on_real_smollm2_and_human_data(tmp_path):
-    shared = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless"
+    shipped = ROOT / "data" / "hh-rlhf-harmless"
     train = tmp_path / "train.jsonl"
     test = tmp_path / "test.jsonl"
-    train.write_text("".join((shared / "train.jsonl").read_text().splitlines(True)[:16]))
-    test.write_text("".join((shared / "test.jsonl").read_text().splitlines(True)[:8]))
+    train.write_text("".join((shipped / "train.jsonl").read_text().splitlines(True)[:16]))
+    test.write_text("".join((shipped / "test.jsonl").read_text().splitlines(True)[:8]))
     recipe = load_recipe(
         ROOT / "recipes" / "hh-harmless.yaml",
         [

@@ -96,9 +96,11 @@ def test_resume_continues_and_reproduces_the_uninterrupted_run(tiny_recipe):
     recipe = load_recipe(tiny_recipe)
     out = run_sft(recipe).out_dir
     uninterrupted = load_file(out / "adapter_model.safetensors")
-    # Simulate a crash after the step-2 checkpoint: later state is gone.
+    # Simulate a crash after the step-2 checkpoint: later state is gone, and so is the final
+    # output, which is moved into place only once training ends.
     shutil.rmtree(out / "checkpoints" / "checkpoint-4")
-    (out / "adapter_model.safetensors").unlink()
+    for final in ("adapter_model.safetensors", "adapter_config.json", "summary.json"):
+        (out / final).unlink()
     metrics = read_jsonl(out / "metrics.jsonl")
     (out / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in metrics if r["step"] <= 2)
