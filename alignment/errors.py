@@ -178,3 +178,7 @@ def _probe(path: Path) -> int | None:
 
 def _is_unreadable(path: str | None) -> bool:
     return path is not None and os.path.isfile(path) and not os.access(path, os.R_OK)
+
+
+class TrainingDiverged(AlignmentError):
+    """NaN or inf in a loss, gradient, weight or reward; the last good checkpoint is kept."""

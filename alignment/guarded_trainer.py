@@ -42,16 +42,12 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
-from alignment.errors import AlignmentError, RunStateError
+from alignment.errors import RunStateError, TrainingDiverged
 from alignment.runs import count_rows, fsync_tree, keep_first_rows, write_json
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "stage_state.json"  # written last: its presence marks a complete checkpoint
-
-
-class TrainingDiverged(AlignmentError):
-    """NaN or inf in a loss, gradient or weight; the last good checkpoint is kept."""
 
 
 class StageInterrupted(KeyboardInterrupt):

@@ -34,17 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from statistics import mean
-from types import SimpleNamespace
 from typing import Any
 
 from common import ROOT, Measured, machine, run_measured, threads_env
 
-from alignment.config import ModelConfig, PPOConfig
+from alignment.config import ModelConfig
 from alignment.data import read_prompts
 from alignment.generation import GenerationSettings, generate
-from alignment.tokens import encode_prompt
 from alignment.models import cache_root, compute_dtype, load_tokenizer, resolve_model
-from alignment.ppo import PPORun
+from alignment.rlhf.rollout import prompt_indices
+from alignment.tokens import encode_prompt
 
 TRL_VERSION = "1.12.0"
 RECIPE = ROOT / "recipes" / "quickstart.yaml"
@@ -157,18 +156,10 @@ def prompt_batches(
 ) -> list[list[list[int]]]:
     """Token ids of the prompts `align ppo` rolls out at each update, from its own code."""
     encoded = [encode_prompt(tokenizer, messages) for _, messages in read_prompts(prompts)]
-    stand_in = SimpleNamespace(
-        cfg=PPOConfig(prompts=prompts, rollout_batch_size=batch_size),
-        accelerator=SimpleNamespace(num_processes=1, process_index=0),
-        recipe=SimpleNamespace(seed=seed),
-        prompts=encoded,
-        update=0,
-    )
-    batches = []
-    for update in range(updates):
-        stand_in.update = update
-        batches.append(PPORun.prompt_batch(stand_in))  # type: ignore[arg-type]
-    return batches
+    return [
+        [encoded[i] for i in prompt_indices(len(encoded), seed, update, batch_size)]
+        for update in range(updates)
+    ]
 
 
 def run_ours(

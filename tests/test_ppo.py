@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,14 +14,16 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from alignment.config import load_recipe
-from alignment.errors import DataError, RunStateError
+from alignment.errors import DataError, RunStateError, TrainingDiverged
 from alignment.models import _Float32Head, float32_logits, load_model, load_tokenizer
-from alignment.ppo import PPORun, pack, run_ppo, truncate_at_stop
+from alignment.ppo import build, ppo_update, run_ppo, save_policy
 from alignment.reward import load_reward_model, score
-from alignment.roles import RoleModel
+from alignment.rlhf.checkpoint import load_checkpoint, save_checkpoint
+from alignment.rlhf.roles import RoleModel
+from alignment.rlhf.rollout import pack, prompt_indices, truncate_at_stop
 from alignment.runs import read_jsonl, start_stage
 from alignment.sft import run_sft
 from alignment.tokens import last_token_index
@@ -232,24 +235,25 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_run(ppo_base, tmp_pat
 
 def test_bfloat16_adapters_train_through_float32_masters(ppo_base, tmp_path):
     recipe = recipe_in(ppo_base, tmp_path, "model.dtype=bfloat16")
-    start_stage(recipe, "ppo")
-    run = PPORun(recipe, Accelerator(cpu=True))
-    adapters = {n: p for n, p in run.model.peft.named_parameters() if "lora_" in n}
+    out = start_stage(recipe, "ppo")
+    parts = build(recipe, Accelerator(cpu=True))
+    adapters = {n: p for n, p in parts.model.peft.named_parameters() if "lora_" in n}
     assert {p.dtype for n, p in adapters.items() if ".reward." not in n} == {torch.bfloat16}
-    lora = {n: t for n, t in run.masters.model_tensors.items() if "lora_" in n}
-    assert lora and all(run.masters.masters[n].dtype == torch.float32 for n in lora)
-    before = {n: run.masters.masters[n].clone() for n in lora}
+    master_weights = parts.learner.masters
+    lora = {n: t for n, t in master_weights.model_tensors.items() if "lora_" in n}
+    assert lora and all(master_weights.masters[n].dtype == torch.float32 for n in lora)
+    before = {n: master_weights.masters[n].clone() for n in lora}
 
-    metrics, _ = run.step()
+    metrics, _ = ppo_update(parts, 0)
     assert metrics["kl"] == 0.0  # policy and reference are the same bfloat16 weights at first
-    masters = run.masters.masters
+    masters = master_weights.masters
     assert any(not torch.equal(before[n], masters[n]) for n in lora)  # the optimizer stepped
     for name, tensor in lora.items():
         assert torch.equal(tensor, masters[name].to(torch.bfloat16))  # the model runs the masters
     assert any(not torch.equal(masters[n], t.float()) for n, t in lora.items())  # finer than bf16
 
-    run.save_policy({})
-    saved = load_file(run.out / "adapter_model.safetensors")
+    save_policy(parts, out, {})
+    saved = load_file(out / "adapter_model.safetensors")
     policy = {n.replace(".policy.", "."): masters[n] for n in lora if ".policy." in n}
     assert saved.keys() == policy.keys()
     for name, tensor in saved.items():
@@ -258,7 +262,7 @@ def test_bfloat16_adapters_train_through_float32_masters(ppo_base, tmp_path):
 
 
 def test_bad_inputs_fail_before_any_rollout(ppo_base, tmp_path, tiny_model_dir):
-    with pytest.raises(RunStateError, match="no SFT adapter"):
+    with pytest.raises(RunStateError, match="no sft adapter here"):
         run_ppo(recipe_in(ppo_base, tmp_path / "a", f"ppo.sft_adapter={tmp_path / 'missing'}"))
     long_prompt = tmp_path / "long.jsonl"
     long_prompt.write_text(
@@ -279,36 +283,111 @@ def test_rollout_rewards_are_the_reward_models_own_scores(ppo_base, tmp_path):
     """PPO scores each rollout as `align rm` trained and `align eval` scores: the chat template's
     rendering of prompt and answer, unfinished answers closed too (their penalty is separate)."""
     recipe = recipe_in(ppo_base, tmp_path, "ppo.max_new_tokens=6")
-    run = PPORun(recipe, Accelerator(cpu=True))
-    batch = run.prompt_batch()
-    rollouts, _ = run.rollout()
-    model, tokenizer, _ = load_reward_model(run.rm_dir)
+    parts = build(recipe, Accelerator(cpu=True))
+    batch = [parts.prompts[i] for i in prompt_indices(len(parts.prompts), recipe.seed, 0, 4)]
+    rollout, _ = parts.sampler.rollout(batch, 0)
+    model, tokenizer, _ = load_reward_model(recipe.ppo.reward_adapter)
     conversations = [
         [*messages, {"role": "assistant", "content": answer}]
-        for (messages, _), answer in zip(batch, rollouts.answers)
+        for (messages, _), answer in zip(batch, rollout.answers)
     ]
     torch.testing.assert_close(
-        rollouts.raw_scores, score(model, tokenizer, conversations), atol=1e-5, rtol=1e-5
+        rollout.raw_scores, score(model, tokenizer, conversations), atol=1e-5, rtol=1e-5
     )
-    assert not rollouts.finished.all()  # 6 new tokens: some answers never ended, yet match
+    assert not rollout.finished.all()  # 6 new tokens: some answers never ended, yet match
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_training_forward_gives_the_rollout_log_probs_it_replaces(ppo_base, tmp_path, dtype):
-    """Training's first forward stands in for the scoring pass over its rows, so its log-probs
-    (with gradients, on a subset of rows) must be the scoring pass's exactly: then the first
-    ratio is 1 and the first KL to the reference 0, as if every row had been scored."""
-    run = PPORun(recipe_in(ppo_base, tmp_path, f"model.dtype={dtype}"), Accelerator(cpu=True))
-    orders = run.epoch_orders()
-    first = run.first_micro_batch(orders)
-    scored, _ = run.rollout()
-    skipped, _ = run.rollout(train_first=first)
-    assert skipped.old_logprobs[first].isnan().all()
-    rest = [i for i in range(len(scored.mask)) if i not in first.tolist()]
-    assert torch.equal(skipped.old_logprobs[rest], scored.old_logprobs[rest])
-    run.train(skipped, orders)
-    assert torch.equal(skipped.old_logprobs, scored.old_logprobs)
-    torch.testing.assert_close(skipped.entropy, scored.entropy, rtol=0, atol=0)
+def test_reusing_the_first_forward_changes_nothing_but_the_work(ppo_base, tmp_path, dtype):
+    """The learner's first micro-batch forward, kept with its gradients, stands in for the no-grad
+    pass over its rows: the same behaviour log-probs and entropy exactly (so the first ratio is 1
+    and the first KL to the reference 0), and the same update as recomputing it."""
+    recipe = recipe_in(ppo_base, tmp_path, f"model.dtype={dtype}")
+    results = []
+    for reuse in (True, False):
+        parts = build(recipe, Accelerator(cpu=True))
+        parts.learner.reuse_first_forward = reuse
+        batch = [parts.prompts[i] for i in prompt_indices(len(parts.prompts), recipe.seed, 0, 4)]
+        rollout, _ = parts.sampler.rollout(batch, 0)
+        first = parts.learner.epoch_orders(0)[0][: parts.learner.micro_batch_size]
+        logprobs, entropy, kept = parts.learner.behaviour(rollout, first)
+        assert (kept is not None) == reuse and (kept is None or kept.requires_grad)
+        metrics = parts.learner.update(rollout, 0)
+        results.append((logprobs, entropy, metrics))
+    (reused, reused_entropy, reused_metrics), (plain, plain_entropy, plain_metrics) = results
+    assert torch.equal(reused, plain) and torch.equal(reused_entropy, plain_entropy)
+    assert reused_metrics == plain_metrics and reused_metrics["kl"] == 0.0
+
+
+def ends_at_once_with_a_second_end_token(tiny_model_dir: Path, out: Path) -> tuple[Path, int]:
+    """A copy of the tiny model with two end tokens, as Qwen2.5: generation_config.eos_token_id
+    is [<|im_end|>, <|endoftext|>] while the tokenizer's eos_token is <|im_end|>. Its weights make
+    it answer every prompt with <|endoftext|> at once: every input embedding gets a large first
+    coordinate, the final norm reads that coordinate alone, and the (tied) output row of
+    <|endoftext|> weighs it twice as much as any other row."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    im_end, endoftext = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    assert tokenizer.eos_token_id == im_end
+    with torch.no_grad():
+        embeddings = model.get_input_embeddings().weight
+        embeddings[:, 0] = 10.0
+        embeddings[endoftext, 0] = 20.0
+        model.model.norm.weight.zero_()
+        model.model.norm.weight[0] = 1.0
+    model.generation_config.eos_token_id = [im_end, endoftext]
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, endoftext
+
+
+def test_an_answer_ends_with_the_end_token_the_policy_sampled(tmp_path, tiny_model_dir):
+    """Not with the tokenizer's eos_token: PPO would train the policy on a token it never chose."""
+    model_dir, endoftext = ends_at_once_with_a_second_end_token(tiny_model_dir, tmp_path / "model")
+    sft = tmp_path / "sft"
+    get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type=TaskType.CAUSAL_LM),
+    ).save_pretrained(sft)
+    rm = random_reward_adapter(model_dir, tmp_path / "rm")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""name: two-end-tokens
+run_dir: {tmp_path / "run"}
+model: {{name: {model_dir}, dtype: float32}}
+ppo: {{prompts: {ROOT / "data" / "prompts.jsonl"}, sft_adapter: {sft}, reward_adapter: {rm},
+      rollout_batch_size: 4, max_new_tokens: 8}}
+"""
+    )
+    parts = build(load_recipe(recipe), Accelerator(cpu=True))
+    rollout, _ = parts.sampler.rollout(parts.prompts[:4], 0)
+    assert rollout.finished.all() and (rollout.mask.sum(1) == 1).all()
+    assert rollout.input_ids[:, -1].tolist() == [endoftext] * 4
+    # The token the policy chose: nearly certain under it (the reference is the same SFT model).
+    assert (rollout.ref_logprobs.exp() > 0.99).all()
+
+
+def test_a_tampered_checkpoint_cannot_run_code(ppo_base, tmp_path):
+    recipe = recipe_in(ppo_base, tmp_path)
+    out = start_stage(recipe, "ppo")
+    learner = build(recipe, Accelerator(cpu=True)).learner
+    save_checkpoint(out, learner, 1)
+    checkpoint = out / "checkpoints" / "update-1"
+    assert load_checkpoint(checkpoint, learner) == 1  # what it saved, it loads
+    torch.save({"state": Payload(), "param_groups": []}, checkpoint / "optimizer.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_checkpoint(checkpoint, learner)
+    assert RAN == []
+
+
+RAN: list[str] = []
+
+
+class Payload:
+    """Unpickling this calls RAN.append: what a tampered checkpoint could do with os.system."""
+
+    def __reduce__(self):
+        return RAN.append, ("code ran",)
 
 
 def test_stop_strings_truncate_answers(tiny_model_dir):
@@ -349,8 +428,6 @@ def test_nan_reward_stops_with_the_update_and_cause_keeping_the_last_checkpoint(
         weights["base_model.model.score.weight"], float("nan")
     )
     save_file(weights, broken / "adapter_model.safetensors")
-    from alignment.ppo import TrainingDiverged
-
     with pytest.raises(TrainingDiverged, match="update 1: the reward model returned NaN"):
         run_ppo(recipe_in(ppo_base, tmp_path / "run", f"ppo.reward_adapter={broken}"))
     assert not (tmp_path / "run" / "ppo" / "checkpoints").exists()  # nothing half-trained was saved

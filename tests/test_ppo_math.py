@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alignment.ppo_math import (
+from alignment.rlhf.ppo_math import (
     KLController,
     entropy_from_logits,
     explained_variance,

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from alignment.config import load_recipe
 from alignment.dpo import run_dpo
-from alignment.guarded_trainer import STATE_FILE, StageInterrupted, TrainingDiverged
+from alignment.errors import TrainingDiverged
+from alignment.guarded_trainer import STATE_FILE, StageInterrupted
 from alignment.rm import run_rm
 from alignment.runs import read_jsonl
 from alignment.sft import run_sft
@@ -195,7 +196,9 @@ def test_ctrl_c_stops_at_a_step_boundary_with_a_checkpoint_then_resumes_exactly(
     ctrl_c = AtStep(3, lambda kwargs: os.kill(os.getpid(), signal.SIGINT))
     with (
         added_callback(ctrl_c),
-        pytest.raises(StageInterrupted, match=r"^interrupted: stopped after step 4 and saved checkpoint-4$"),
+        pytest.raises(
+            StageInterrupted, match=r"^interrupted: stopped after step 4 and saved checkpoint-4$"
+        ),
     ):
         run_sft(recipe)
     out = recipe.output_dir / "sft"

@@ -1,7 +1,7 @@
 """Float32 master copies of trainable tensors that the model holds in a low-precision dtype.
 
-PPO's adapters run in the base model's compute dtype: a float32 LoRA on a bfloat16 base casts
-every activation to float32 and back, about a sixth of an update on CPU. The optimizer must not
+PPO's adapters run in the base model's compute dtype: a float32 LoRA on a bfloat16 base would cast
+every activation to float32 and back (measured in bench/RESULTS.md). The optimizer must not
 step bfloat16 weights, though: with 8 bits of mantissa, Adam updates of 1e-4 relative size round
 away. So the optimizer steps these float32 masters; the model's tensors are copies of them.
 No library does this for a hand-written loop on CPU (torch.amp's autocast would also downcast

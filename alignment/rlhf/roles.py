@@ -8,7 +8,7 @@ differ only by small adapters and scalar heads:
     reward     frozen reward-model adapter plus its score head
     value      trainable, initialised from the reward adapter and head
 
-Only one adapter is active per forward pass; `RoleModel.use(role)` switches between them.
+Only one adapter is active per forward pass; `RoleModel.role(name)` switches between them.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class RoleModel(nn.Module):
                     f"{rm_dir}: adapter weights do not fit the base model: {incompatible.unexpected_keys[:3]}"
                 )
         # PEFT loads adapters in float32; computing them in the base's dtype spares a cast of every
-        # activation both ways (trainable ones keep float32 masters: see master_weights.py).
+        # activation both ways (trainable ones keep float32 masters: see rlhf/master_weights.py).
         compute_dtype = base.get_input_embeddings().weight.dtype
         for role in ("policy", "reference", "value"):
             cast_adapter(self.peft, role, compute_dtype)
@@ -70,8 +70,9 @@ class RoleModel(nn.Module):
             self.value_head.weight.copy_(head)
         self.reward_head.requires_grad_(False)
         cpu.fuse_adapters(self.peft)
-        # PEFT's set_adapter walks every module (15-25 ms for SmolLM2 on CPU, 14 switches per
-        # update); the adapter layers are found once here and switched directly.
+        # PEFT's set_adapter walks every module of the model, and an update switches roles many
+        # times; so the adapter layers are listed once here and switched directly (what that
+        # saves is measured in bench/RESULTS.md, PPO section, "Role switches").
         self.adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
         self.trainable = [
             p
