@@ -122,7 +122,7 @@ def test_dpo_starts_at_the_sft_reference_and_saves_a_loadable_adapter(dpo_base, 
     assert "| eval_margin |" in card and "| train_loss |" in card
 
     # A second run never starts over the first one's finished output by accident.
-    with pytest.raises(RunStateError, match="already holds a finished .* nothing to --resume"):
+    with pytest.raises(RunStateError, match=r"already holds a finished .* nothing to --resume"):
         run_dpo(recipe)
 
 

@@ -154,7 +154,7 @@ def test_rm_learns_a_marker_preference_and_reports_it(tmp_path, tiny_model_dir, 
     assert "accuracy" in printed and "Accuracy by length" in printed
 
     # A second run refuses to start over the first one's finished output.
-    with pytest.raises(RunStateError, match="already holds a finished .* nothing to --resume"):
+    with pytest.raises(RunStateError, match=r"already holds a finished .* nothing to --resume"):
         run_rm(load_recipe(recipe))
 
 
