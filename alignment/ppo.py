@@ -127,14 +127,11 @@ def check_tokenizer(recipe: Recipe, tokenizer: PreTrainedTokenizerBase, director
 def ppo_update(parts: PPOParts, update: int) -> tuple[dict[str, float], Rollout]:
     """Update number `update` (from 0): rollout, then learn; metrics averaged over processes."""
     recipe, accelerator = parts.recipe, parts.accelerator
-    batch = [
-        parts.prompts[i]
-        for i in prompt_indices(
-            len(parts.prompts), recipe.seed, update, recipe.ppo.rollout_batch_size,
-            accelerator.num_processes, accelerator.process_index,
-        )
-    ]  # fmt: skip
-    rollout, metrics = parts.sampler.rollout(batch, update)
+    chosen = prompt_indices(
+        len(parts.prompts), recipe.seed, update, recipe.ppo.rollout_batch_size,
+        accelerator.num_processes, accelerator.process_index,
+    )  # fmt: skip
+    rollout, metrics = parts.sampler.rollout([parts.prompts[i] for i in chosen], update)
     cpu.release_memory()  # each phase frees what the next would otherwise pile on top of
     started = time.perf_counter()
     metrics |= parts.learner.update(rollout, update)

@@ -298,25 +298,39 @@ def test_rollout_rewards_are_the_reward_models_own_scores(ppo_base, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_reusing_the_first_forward_changes_nothing_but_the_work(ppo_base, tmp_path, dtype):
+def test_reusing_the_first_forward_changes_nothing_but_the_work(
+    ppo_base, tmp_path, dtype, monkeypatch
+):
     """The learner's first micro-batch forward, kept with its gradients, stands in for the no-grad
     pass over its rows: the same behaviour log-probs and entropy exactly (so the first ratio is 1
-    and the first KL to the reference 0), and the same update as recomputing it."""
+    and the first KL to the reference 0), the same update as recomputing it, one forward fewer."""
+    import alignment.rlhf.learner as learner_module
+
+    forwards = []  # rows of each forward the learner makes
+    policy_forward = learner_module.answer_logprobs
+
+    def counted(model, input_ids, *rest):
+        forwards.append(len(input_ids))
+        return policy_forward(model, input_ids, *rest)
+
+    monkeypatch.setattr(learner_module, "answer_logprobs", counted)
     recipe = recipe_in(ppo_base, tmp_path, f"model.dtype={dtype}")
-    results = []
+    results = {}
     for reuse in (True, False):
         parts = build(recipe, Accelerator(cpu=True))
         parts.learner.reuse_first_forward = reuse
         batch = [parts.prompts[i] for i in prompt_indices(len(parts.prompts), recipe.seed, 0, 4)]
         rollout, _ = parts.sampler.rollout(batch, 0)
         first = parts.learner.epoch_orders(0)[0][: parts.learner.micro_batch_size]
-        logprobs, entropy, kept = parts.learner.behaviour(rollout, first)
-        assert (kept is not None) == reuse and (kept is None or kept.requires_grad)
+        logprobs, entropy = parts.learner.behaviour(rollout, first)
+        forwards.clear()
         metrics = parts.learner.update(rollout, 0)
-        results.append((logprobs, entropy, metrics))
-    (reused, reused_entropy, reused_metrics), (plain, plain_entropy, plain_metrics) = results
+        results[reuse] = (logprobs, entropy, metrics, sum(forwards))
+    (reused, reused_entropy, reused_metrics, reused_rows) = results[True]
+    (plain, plain_entropy, plain_metrics, plain_rows) = results[False]
     assert torch.equal(reused, plain) and torch.equal(reused_entropy, plain_entropy)
     assert reused_metrics == plain_metrics and reused_metrics["kl"] == 0.0
+    assert plain_rows - reused_rows == len(first)  # the first micro-batch's rows, scored once
 
 
 def ends_at_once_with_a_second_end_token(tiny_model_dir: Path, out: Path) -> tuple[Path, int]:

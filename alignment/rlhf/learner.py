@@ -62,7 +62,9 @@ class Learner:
     that computes the first micro-batch's behaviour log-probs, kept with its gradients, is that
     micro-batch's training forward too. Its log-probs are exactly those a separate no-grad pass
     computes (same code path), so the first ratio is 1 either way; off, every behaviour
-    log-prob comes from a no-grad pass and training repeats the forward.
+    log-prob comes from a no-grad pass and training repeats the forward. The kept forward waits
+    in `_reused` alone, and training takes it out: any other reference would keep its graph,
+    and the memory that holds, alive for the whole update.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class Learner:
             else (lambda step: 1.0),
         )
         self.kl = KLController(cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self._reused: tuple[torch.Tensor, torch.Tensor] | None = None  # (rows, their log-probs)
 
     @property
     def micro_batch_size(self) -> int:
@@ -101,29 +104,25 @@ class Learner:
         """Learn from one rollout (update `index`, counted from 0); returns this process's metrics."""
         orders = self.epoch_orders(index)
         first = orders[0][: self.micro_batch_size].to(rollout.mask.device)
-        logprobs, entropy, first_logprobs = self.behaviour(rollout, first)
+        logprobs, entropy = self.behaviour(rollout, first)
         targets, metrics = self.advantages(rollout, logprobs)
         metrics["entropy"] = masked_mean(entropy, rollout.mask).item()
-        metrics |= self.train(rollout, targets, orders, first_logprobs, index)
+        metrics |= self.train(rollout, targets, orders, index)
         metrics["learning_rate"] = self.scheduler.get_last_lr()[0]
         # The KL coefficient adapts to the KL of every process's rollouts alike.
         samples = len(rollout.scores) * self.accelerator.num_processes
         self.kl.update(mean_over_processes(self.accelerator, metrics["kl"]), samples)
         return metrics
 
-    def behaviour(
-        self, r: Rollout, first: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def behaviour(self, r: Rollout, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log-probs, entropy) of the policy on every answer token before this update's first
-        step, and with `reuse_first_forward` the log-probs of the `first` rows again, still
-        attached to their graph for training to reuse. Those rows are computed last, so the
-        no-grad pass over the others has freed its memory before the graph is built."""
+        step. With `reuse_first_forward`, the `first` rows are computed last and with gradients,
+        after the no-grad pass over the others has freed its memory, and kept for training."""
         model, temperature = self.model, self.cfg.temperature
         logprobs, entropy = torch.zeros_like(r.mask), torch.zeros_like(r.mask)
         rest = torch.ones(len(r.mask), dtype=torch.bool, device=r.mask.device)
         if self.reuse_first_forward:
             rest[first] = False
-        kept = None
         with model.role("policy"):
             if rest.any():
                 with torch.no_grad():
@@ -139,7 +138,8 @@ class Learner:
                 )
                 logprobs[first] = kept.detach()
                 entropy[first] = unpack(entropy_from_logits(logits.detach()), r.mask[first])
-        return logprobs, entropy, kept
+                self._reused = (first, kept)
+        return logprobs, entropy
 
     def advantages(self, r: Rollout, logprobs: torch.Tensor) -> tuple[Targets, dict[str, float]]:
         """KL-penalised token rewards, then GAE; `logprobs` are the behaviour policy's."""
@@ -165,7 +165,6 @@ class Learner:
         r: Rollout,
         targets: Targets,
         orders: list[torch.Tensor],
-        first_logprobs: torch.Tensor | None,
         index: int,
     ) -> dict[str, float]:
         """One optimizer step per minibatch of each epoch's order; metrics averaged over steps."""
@@ -177,8 +176,7 @@ class Learner:
                 for micro_start in range(0, len(minibatch), micro):
                     rows = minibatch[micro_start : micro_start + micro].to(r.mask.device)
                     weight = len(rows) / len(minibatch)
-                    stats = self._train_rows(r, targets, rows, weight, first_logprobs, index)
-                    first_logprobs = None  # only the very first micro-batch is `first`
+                    stats = self._train_rows(r, targets, rows, weight, index)
                     for key, value in stats.items():
                         totals.setdefault(key, []).append(value)
                 totals.setdefault("grad_norm", []).append(self._step())
@@ -190,16 +188,18 @@ class Learner:
         targets: Targets,
         rows: torch.Tensor,
         weight: float,
-        logprobs: torch.Tensor | None,
         index: int,
     ) -> dict[str, float]:
-        """One micro-batch's policy and value losses, backpropagated; `logprobs`, if given, are
-        the policy's log-probs of these rows, already computed with gradients."""
+        """One micro-batch's policy and value losses, backpropagated."""
         cfg, model = self.cfg, self.model
         ids, attention, mask = r.input_ids[rows], r.attention_mask[rows], r.mask[rows]
-        if logprobs is None:
+        reused, self._reused = self._reused, None
+        if reused is not None and torch.equal(reused[0], rows):
+            logprobs = reused[1]  # the behaviour pass's forward of these very rows
+        else:
             with model.role("policy"):
                 logprobs, _ = answer_logprobs(model, ids, attention, mask, cfg.temperature)
+        del reused
         pg_loss, stats = policy_loss(
             logprobs, targets.logprobs[rows], targets.advantages[rows], mask, cfg.clip_range
         )
