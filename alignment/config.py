@@ -390,7 +390,9 @@ class EvalConfig(Section):
     temperature: float = Field(0.0, ge=0, description="0: greedy answers, reproducible.")
     batch_size: int = Field(8, gt=0, description="Prompts generated together.")
     gold_reward_adapter: Path | None = Field(
-        None, description="A reward adapter to report gold reward with. Default: the run's RM."
+        None,
+        description="An independent reward adapter (not the one PPO optimised) to report gold "
+        "reward with. Unset: the run's own RM scores the answers, reported as such, not as gold.",
     )
 
 

@@ -1,9 +1,11 @@
 """Evaluation: the SFT policy against the final (PPO or DPO) policy on held-out prompts.
 
-Both policies are adapters on one base model and answer the same prompts greedily. Reported:
-judge score of each, gold reward of each (a reward adapter, by default the run's own RM), the
-final policy's win rate over SFT on the judge's score, the KL from SFT along the final policy's
-answers (exact per position, summed over the answer), and answer lengths.
+Both policies are adapters on one base model and answer the same prompts greedily. Reported, each
+with a 95% bootstrap interval over prompts (`alignment.stats`): judge score, reward and answer
+length of each policy; the final policy's win rate over SFT on the judge's score, raw and
+length-controlled; the score gains; the KL from SFT along the final policy's answers (exact per
+position, summed over the answer). The reward is "gold" only from an independent reward adapter
+(`eval.gold_reward_adapter`); by default it is the run's own RM, the one PPO optimised.
 """
 
 from __future__ import annotations
@@ -20,10 +22,20 @@ from peft import PeftModel
 from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import RunStateError
-from alignment.generation import GenerationSettings, generate
+from alignment.generation import Completion, GenerationSettings, generate
 from alignment.judges import build_scorer, reward_scorer
 from alignment.models import float32_logits, load_model, load_tokenizer, resolve_model
-from alignment.runs import append_jsonl
+from alignment.runs import append_jsonl, write_json
+from alignment.stats import (
+    CONFIDENCE,
+    LENGTH_CONTROL_METHOD,
+    RESAMPLES,
+    Interval,
+    difference_interval,
+    length_controlled_win_rate,
+    mean_interval,
+    outcomes,
+)
 from alignment.tokens import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -98,25 +110,11 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
         ]
         for name in adapters
     }
-    gold = _gold_rewards(recipe, prompts, answers)
-    wins = [
-        1.0 if f > s else 0.5 if f == s else 0.0
-        for f, s in zip(judged[stage], judged["sft"], strict=True)
-    ]
-    report: dict[str, Any] = {
-        "final_stage": stage,
-        "prompts": len(prompts),
-        "judge": f"judge:{recipe.judge.name}",
-    }
-    for name in adapters:
-        report[name] = {
-            "judge_score": sum(judged[name]) / len(prompts),
-            "gold_reward": sum(gold[name]) / len(prompts) if gold else None,
-            "answer_tokens": sum(c.num_tokens for c in answers[name]) / len(prompts),
-            "finished": sum(c.finish_reason == "stop" for c in answers[name]) / len(prompts),
-        }
-    report["win_rate"] = sum(wins) / len(wins)
-    report["kl_to_sft"] = sum(kls) / len(kls)
+    reward_model, rewards = _rewards(recipe, prompts, answers)
+    lengths = {name: [float(c.num_tokens) for c in answers[name]] for name in adapters}
+    report = summarise(recipe.seed, stage, judged, rewards, lengths, answers, kls)
+    report["judge"] = f"judge:{recipe.judge.name}"
+    report["reward_model"] = reward_model
     rm_summary = run / "rm" / "summary.json"
     if rm_summary.is_file():
         report["rm_eval_accuracy"] = json.loads(rm_summary.read_text()).get("eval_accuracy")
@@ -131,25 +129,85 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
                 "prompt": messages[-1]["content"],
                 **{f"{name}_answer": answers[name][index].text for name in adapters},
                 **{f"{name}_judge": judged[name][index] for name in adapters},
-                **({f"{name}_gold": gold[name][index] for name in adapters} if gold else {}),
+                **{f"{name}_tokens": int(lengths[name][index]) for name in adapters},
+                **(
+                    {f"{name}_reward": rewards[name][index] for name in adapters} if rewards else {}
+                ),
                 "kl_to_sft": kls[index],
             },
         )
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    log.info("evaluation: %s", report)
+    write_json(out / "eval.json", report)
+    log.info(
+        "%d held-out prompts: win rate of %s over SFT %s, length-controlled %s; KL to SFT %s",
+        len(prompts),
+        stage,
+        Interval(**report["win_rate"]),
+        Interval(**report["length_controlled_win_rate"]),
+        Interval(**report["kl_to_sft"]),
+    )
     return report
 
 
-def _gold_rewards(recipe: Recipe, prompts: list, answers: dict) -> dict[str, list[float]]:
-    path = recipe.eval.gold_reward_adapter or recipe.output_dir / "rm"
-    if not (Path(path) / "adapter_config.json").is_file():
-        log.warning("%s: no reward adapter; gold reward is not reported", path)
-        return {}
-    gold = reward_scorer(Path(path))
-    return {
+def summarise(
+    seed: int,
+    stage: str,
+    judged: dict[str, list[float]],
+    rewards: dict[str, list[float]],
+    lengths: dict[str, list[float]],
+    answers: dict[str, list[Completion]],
+    kls: list[float],
+) -> dict[str, Any]:
+    """The evaluation's figures, each a mean over prompts with its 95% bootstrap interval; the
+    win rates and gains compare the two policies prompt by prompt."""
+    policies = ("sft", stage)
+    report: dict[str, Any] = {
+        "final_stage": stage,
+        "prompts": len(kls),
+        "confidence": CONFIDENCE,
+        "bootstrap_resamples": RESAMPLES,
+    }
+    for name in policies:
+        report[name] = {
+            "judge_score": mean_interval(judged[name], seed).as_dict(),
+            "reward": mean_interval(rewards[name], seed).as_dict() if rewards else None,
+            "answer_tokens": mean_interval(lengths[name], seed).as_dict(),
+            "finished": sum(c.finish_reason == "stop" for c in answers[name]) / len(kls),
+        }
+    results = outcomes(judged[stage], judged["sft"])
+    length_difference = [a - b for a, b in zip(lengths[stage], lengths["sft"], strict=True)]
+    report["win_rate"] = mean_interval(results, seed).as_dict()
+    report["length_controlled_win_rate"] = length_controlled_win_rate(
+        results, length_difference, seed
+    ).as_dict()
+    report["length_control"] = LENGTH_CONTROL_METHOD
+    report["judge_score_gain"] = difference_interval(judged[stage], judged["sft"], seed).as_dict()
+    if rewards:
+        report["reward_gain"] = difference_interval(rewards[stage], rewards["sft"], seed).as_dict()
+        report["reward_win_rate"] = mean_interval(
+            outcomes(rewards[stage], rewards["sft"]), seed
+        ).as_dict()
+    report["kl_to_sft"] = mean_interval(kls, seed).as_dict()
+    return report
+
+
+def _rewards(
+    recipe: Recipe, prompts: list, answers: dict[str, list[Completion]]
+) -> tuple[dict[str, Any] | None, dict[str, list[float]]]:
+    """Which reward model scores the answers, and its scores. Gold only when the recipe names a
+    reward adapter other than the run's own RM: that one is what PPO optimised, so a gain on it
+    says little about quality, and it is labelled as such."""
+    own = recipe.output_dir / "rm"
+    path = Path(recipe.eval.gold_reward_adapter or own)
+    if not (path / "adapter_config.json").is_file():
+        log.warning("%s: no reward adapter; reward is not reported", path)
+        return None, {}
+    gold = path.resolve() != own.resolve()
+    scorer = reward_scorer(path)
+    rewards = {
         name: [
-            gold(messages, [c.text])[0]
+            scorer(messages, [c.text])[0]
             for (_, messages), c in zip(prompts, completions, strict=True)
         ]
         for name, completions in answers.items()
     }
+    return {"adapter": str(path), "gold": gold}, rewards

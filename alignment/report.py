@@ -38,6 +38,10 @@ def _svg_plot(title: str, x_label: str, series: dict[str, tuple[list[float], lis
     axes.grid(alpha=0.3)
     if len(series) > 1:
         axes.legend(fontsize=7)
+    return _svg(figure)
+
+
+def _svg(figure: plt.Figure) -> str:
     figure.tight_layout()
     buffer = io.StringIO()
     figure.savefig(buffer, format="svg", metadata={"Date": None})  # same run, same file
@@ -57,9 +61,47 @@ def _series(
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, dict):  # an estimate with its interval (alignment.stats.Interval)
+        return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
     if isinstance(value, float):
         return f"{value:.3f}"
     return "–" if value is None else str(value)
+
+
+def _reward_label(evaluation: dict[str, Any]) -> str:
+    model = evaluation.get("reward_model") or {}
+    if model.get("gold"):
+        return f"gold reward (independent RM {Path(model['adapter']).name})"
+    if evaluation["final_stage"] == "ppo":
+        return "reward by this run's RM (the one PPO optimised: not gold)"
+    return "reward by this run's RM"
+
+
+def _svg_evaluation(evaluation: dict[str, Any]) -> str:
+    """Win rates with their 95% intervals as error bars, against the coin-flip line."""
+    stage = evaluation["final_stage"]
+    bars = {
+        "win rate (judge)": evaluation["win_rate"],
+        "equal length (judge)": evaluation["length_controlled_win_rate"],
+    }
+    if "reward_win_rate" in evaluation:
+        bars["win rate (reward)"] = evaluation["reward_win_rate"]
+    for label, value in evaluation.get("human", {}).get("win_rates", {}).items():
+        bars[f"humans: {label}"] = value
+    estimates = [v["estimate"] for v in bars.values()]
+    errors = [
+        [v["estimate"] - v["low"] for v in bars.values()],
+        [v["high"] - v["estimate"] for v in bars.values()],
+    ]
+    figure, axes = plt.subplots(figsize=(5.2, 2.8))
+    axes.bar(range(len(bars)), estimates, yerr=errors, capsize=4, color="#88a")
+    axes.axhline(0.5, color="#a44", linewidth=1, linestyle="--")
+    axes.set_xticks(range(len(bars)), list(bars), fontsize=7)
+    axes.set_ylim(0, 1)
+    axes.set_title(
+        f"{stage} vs SFT on {evaluation['prompts']} held-out prompts (95% intervals)", fontsize=10
+    )
+    return _svg(figure)
 
 
 def build_report(run_dir: Path) -> tuple[Path, Path]:
@@ -99,18 +141,35 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
     table: list[tuple[str, str, str]] = []
     if evaluation:
         stage = evaluation["final_stage"]
+        plots.append(_svg_evaluation(evaluation))
         for key, label in (
             ("judge_score", "judge score"),
-            ("gold_reward", "gold reward"),
+            ("reward", _reward_label(evaluation)),
             ("answer_tokens", "answer length (tokens)"),
             ("finished", "answers that end"),
         ):
-            table.append((label, _fmt(evaluation["sft"][key]), _fmt(evaluation[stage][key])))
-        table.append((f"win rate of {stage} over SFT (judge)", "", _fmt(evaluation["win_rate"])))
+            if evaluation["sft"].get(key) is not None:
+                table.append((label, _fmt(evaluation["sft"][key]), _fmt(evaluation[stage][key])))
+        for key, label in (
+            ("judge_score_gain", "judge score gain over SFT"),
+            ("reward_gain", "reward gain over SFT"),
+            ("win_rate", f"win rate of {stage} over SFT (judge)"),
+            ("length_controlled_win_rate", "win rate at equal answer length (judge)"),
+            ("reward_win_rate", f"win rate of {stage} over SFT (reward)"),
+        ):
+            if key in evaluation:
+                table.append((label, "", _fmt(evaluation[key])))
         table.append(("KL to SFT (per answer)", "0", _fmt(evaluation["kl_to_sft"])))
     if "eval_accuracy" in rm_summary:
         table.append(("reward model held-out accuracy", "", _fmt(rm_summary["eval_accuracy"])))
     final = evaluation["final_stage"] if evaluation else "final"
+    method = (
+        f"Intervals: {evaluation['confidence']:.0%} bootstrap over the {evaluation['prompts']} "
+        f"prompts ({evaluation['bootstrap_resamples']} resamples). Win rate at equal answer "
+        f"length: {evaluation['length_control']}."
+        if evaluation
+        else ""
+    )
 
     md = [f"# Alignment report: {name}", ""]
     if table:
@@ -118,6 +177,8 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
             f"| metric | SFT | {final} |",
             "| --- | --- | --- |",
             *(f"| {a} | {b} | {c} |" for a, b, c in table),
+            "",
+            method,
             "",
         ]
     if answers:
@@ -154,6 +215,7 @@ table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px soli
 <h1>Alignment report: {esc(name)}</h1>
 <h2>Evaluation on held-out prompts</h2>
 <table id="evaluation"><tr><th>metric</th><th>SFT</th><th>{esc(final)}</th></tr>{rows_html}</table>
+<p>{esc(method)}</p>
 <h2>Training</h2><div class="plots">{"".join(plots)}</div>
 <h2>Sample answers, before and after</h2>{samples_html}
 </body></html>

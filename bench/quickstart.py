@@ -1,10 +1,12 @@
-"""The quickstart chain, stage by stage: wall time and peak memory of each, and what PPO gained.
+"""The quickstart chain, stage by stage, for one or more seeds: wall time and peak memory of each
+stage, and whether the final policy beats SFT on held-out prompts, with 95% intervals.
 
-    python bench/quickstart.py [--run-dir DIR] [key=value ...]
+    python bench/quickstart.py [--seeds 42 1 2] [--run-dir DIR] [key=value ...]
 
-Runs `align run recipes/quickstart.yaml --until STAGE` once per stage in a fresh run directory,
-each as its own process (so each stage's peak RSS is its own), then prints the judge-score gain
-of the PPO policy over SFT on held-out prompts and its KL to SFT, from the eval stage.
+Runs `align run recipes/quickstart.yaml --until STAGE` once per stage in a fresh run directory per
+seed, each as its own process (so each stage's peak RSS is its own), then prints the evaluation:
+win rate over SFT on the judge (raw and at equal answer length), score gains and KL to SFT, each
+with its bootstrap interval over prompts, and the answer lengths beside them.
 """
 
 from __future__ import annotations
@@ -14,54 +16,85 @@ import json
 import tempfile
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from common import ROOT, machine, run_measured
 
 from alignment.config import load_recipe
+from alignment.stats import Interval
+
+RECIPE = ROOT / "recipes" / "quickstart.yaml"
+
+
+def run_seed(run_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
+    """The chain for one seed, a process per stage; prints its stage table, returns eval.json."""
+    overrides = [f"run_dir={run_dir}", f"seed={seed}", *overrides]
+    stages = load_recipe(RECIPE, overrides).chain.stages
+    results = []
+    for stage in stages:
+        command = ["align", "run", str(RECIPE), *overrides, "--until", stage]
+        results.append((stage, run_measured(f"quickstart-{seed}-{stage}", command)))
+    total = sum(m.wall_seconds for _, m in results)
+    print(f"\n## seed {seed}\n| stage | wall s | peak RSS MiB |\n| --- | --- | --- |")
+    for stage, measured in results:
+        print(f"| {stage} | {measured.wall_seconds:.0f} | {measured.peak_rss_mib:.0f} |")
+    peak = max(m.peak_rss_mib for _, m in results)
+    print(f"| total | {total:.0f} ({total / 60:.1f} min) | {peak:.0f} |")
+    evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
+    evaluation["minutes"] = total / 60
+    return evaluation
+
+
+def describe(seed: int, evaluation: dict[str, Any]) -> str:
+    final = evaluation["final_stage"]
+    sft, tuned = evaluation["sft"], evaluation[final]
+
+    def shown(key: str) -> str:
+        return str(Interval(**evaluation[key]))
+
+    lines = [
+        f"seed {seed}: {evaluation['prompts']} held-out prompts, {evaluation['minutes']:.1f} min",
+        f"  win rate of {final} over SFT (judge): {shown('win_rate')}; at equal length: "
+        f"{shown('length_controlled_win_rate')}",
+        f"  judge score: SFT {Interval(**sft['judge_score'])} -> {final} "
+        f"{Interval(**tuned['judge_score'])} (gain {shown('judge_score_gain')})",
+        f"  answer length (tokens): SFT {Interval(**sft['answer_tokens'])} -> {final} "
+        f"{Interval(**tuned['answer_tokens'])}",
+        f"  KL to SFT (nats per answer): {shown('kl_to_sft')}",
+    ]
+    if "reward_gain" in evaluation:
+        gold = "gold" if evaluation["reward_model"]["gold"] else "this run's RM (optimised)"
+        lines.append(
+            f"  reward by {gold}: gain {shown('reward_gain')}; win rate {shown('reward_win_rate')}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--run-dir", type=Path, default=None, help="default: a new temp directory")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
-    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="bench-quickstart-")) / "run"
-    recipe_path = ROOT / "recipes" / "quickstart.yaml"
-    overrides = [f"run_dir={run_dir}", *args.overrides]
-    stages = load_recipe(recipe_path, overrides).chain.stages
-
-    results = []
-    for stage in stages:
-        command = ["align", "run", str(recipe_path), *overrides, "--until", stage]
-        results.append((stage, run_measured(f"quickstart-{stage}", command)))
-    evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
-
-    total = sum(m.wall_seconds for _, m in results)
+    root = args.run_dir or Path(tempfile.mkdtemp(prefix="bench-quickstart-"))
     print(f"# Quickstart chain, {date.today()}, {machine()}")
-    print(f"command: python bench/quickstart.py {' '.join(args.overrides)}".rstrip())
-    print("| stage | wall s | peak RSS MiB |")
-    print("| --- | --- | --- |")
-    for stage, measured in results:
-        print(f"| {stage} | {measured.wall_seconds:.0f} | {measured.peak_rss_mib:.0f} |")
+    seeds = " ".join(map(str, args.seeds))
     print(
-        f"| total | {total:.0f} ({total / 60:.1f} min) | {max(m.peak_rss_mib for _, m in results):.0f} |"
+        f"command: python bench/quickstart.py --seeds {seeds} {' '.join(args.overrides)}".rstrip()
     )
-    final = evaluation["final_stage"]
-    sft, tuned = evaluation["sft"], evaluation[final]
+    evaluations = {
+        seed: run_seed(root / f"seed-{seed}", seed, args.overrides) for seed in args.seeds
+    }
+    print()
+    for seed, evaluation in evaluations.items():
+        print(describe(seed, evaluation))
+    wins = [e["win_rate"]["low"] > 0.5 for e in evaluations.values()]
+    controlled = [e["length_controlled_win_rate"]["low"] > 0.5 for e in evaluations.values()]
     print(
-        f"held-out prompts: {evaluation['prompts']}; judge score SFT {sft['judge_score']:.3f} -> "
-        f"{final} {tuned['judge_score']:.3f} (gain {tuned['judge_score'] - sft['judge_score']:+.3f}, "
-        f"{tuned['judge_score'] / sft['judge_score']:.2f}x); win rate {evaluation['win_rate']:.2f}; "
-        f"KL to SFT {evaluation['kl_to_sft']:.3f} nats per answer"
+        f"seeds where the final policy beats SFT (interval above 0.5): {sum(wins)}/{len(wins)}; "
+        f"at equal length: {sum(controlled)}/{len(controlled)}"
     )
-    if sft.get("gold_reward") is not None:
-        print(
-            f"reward model score: SFT {sft['gold_reward']:.3f} -> {final} {tuned['gold_reward']:.3f}"
-        )
-    print(
-        f"answer length (tokens): SFT {sft['answer_tokens']:.1f} -> {final} {tuned['answer_tokens']:.1f}"
-    )
-    print(f"report: {run_dir / 'report.html'}")
+    print(f"reports: {root}/seed-*/report.html")
 
 
 if __name__ == "__main__":

@@ -44,10 +44,13 @@ def test_whole_chain_runs_skips_finished_stages_redoes_stale_ones_and_reports(ch
     rankings = list(store.current_rankings())
     assert len(rankings) == 12 and {r.annotator for r in rankings} == {"judge:rubric"}
     evaluation = json.loads((run / "eval" / "eval.json").read_text())
-    assert evaluation["prompts"] == 4 and 0 <= evaluation["win_rate"] <= 1
-    assert evaluation["kl_to_sft"] >= 0
+    win = evaluation["win_rate"]
+    assert evaluation["prompts"] == 4 and 0 <= win["low"] <= win["estimate"] <= win["high"] <= 1
+    assert evaluation["kl_to_sft"]["low"] >= 0
+    assert evaluation["reward_model"]["gold"] is False  # the run's own RM, named as such
     html = (run / "report.html").read_text()
-    assert f"{evaluation['ppo']['judge_score']:.3f}" in html and html.count("<svg") >= 4
+    assert f"{evaluation['ppo']['judge_score']['estimate']:.3f} [" in html
+    assert html.count("<svg") >= 5
     assert not re.findall(
         r"(?:src|href)=[\"']?(?:https?:)?//", html
     )  # readable offline: nothing fetched
