@@ -22,6 +22,7 @@ from pathlib import Path
 
 from alignment.config import Recipe
 from alignment.errors import RecipeError, RunStateError
+from alignment.runs import end_stage
 
 log = logging.getLogger(__name__)
 TRAINED = ("sft", "rm", "ppo", "dpo")  # stages whose output is an adapter directory
@@ -68,7 +69,8 @@ def _input_files(recipe: Recipe, stage: str) -> list[Path]:
     elif stage == "eval":
         policies = [adapter(None, s) for s in TRAINED if s in recipe.chain.stages]
         inputs = [recipe.eval.prompts, adapter(recipe.eval.gold_reward_adapter, "rm"), *policies]
-    return [Path(p) for p in inputs if p is not None and Path(p).is_file()]  # Hub ids: no files
+    paths = [Path(str(p)) for p in inputs if p is not None]  # str: a DataSource names its path
+    return [path for path in paths if path.is_file()]  # Hub ids: no files
 
 
 def _checkpoints(recipe: Recipe, stage: str) -> list[Path]:
@@ -158,7 +160,11 @@ def run_chain(recipe: Recipe, start: str | None = None, until: str | None = None
         else:
             _refuse_overwriting(recipe, stage)
         log.info("stage %s: starting", stage)
-        if not _run_stage(recipe, stage):
+        try:
+            carry_on = _run_stage(recipe, stage)
+        finally:
+            end_stage()  # its train.log and trackers take nothing of the next stage's
+        if not carry_on:
             break
         ran.append(stage)
     return ran

@@ -42,6 +42,9 @@ def cmd_rm(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    if args.target == "policy":
+        _eval_policy(args)
+        return
     from pathlib import Path
 
     from alignment.reward.metrics import evaluate_reward_model, print_report, write_report
@@ -61,6 +64,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"report: {args.out}")
 
 
+def _eval_policy(args: argparse.Namespace) -> None:
+    """`align eval RECIPE`: the final policy against SFT on held-out prompts, by the recipe's
+    judge, or (`--with humans`) by people comparing blind pairs in the ranking app."""
+    from alignment.evaluate import human_db, run_eval, run_human_eval
+    from alignment.report import build_report
+    from alignment.stats import Interval
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.with_ == "judge":
+        report = run_eval(recipe)
+        print(
+            f"{report['prompts']} held-out prompts; win rate of {report['final_stage']} over SFT "
+            f"{Interval(**report['win_rate'])}, at equal length "
+            f"{Interval(**report['length_controlled_win_rate'])} (95% intervals)"
+        )
+    else:
+        db = args.db or human_db(recipe)
+        human = run_human_eval(recipe, db)["human"]
+        print(f"{db}: {human['pairs']} blind A/B pairs; verdicts so far: {human['verdicts']}")
+        if "win_rate" in human:
+            print(f"human win rate over SFT: {Interval(**human['win_rate'])} (95% interval)")
+        print(f"annotators judge them in the ranking app: align ui --db {db} --annotators FILE")
+    html, _ = build_report(recipe.output_dir)
+    print(f"report: {html}")
+
+
 def cmd_ppo(args: argparse.Namespace) -> None:
     from alignment.ppo import run_ppo
 
@@ -73,6 +102,22 @@ def cmd_dpo(args: argparse.Namespace) -> None:
 
     outcome = run_dpo(load_recipe(args.recipe, args.overrides), resume=args.resume)
     print(f"DPO policy adapter: {outcome.out_dir}  {outcome.summary}")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from alignment.chat import chat, first_turn, open_chat
+
+    model = open_chat(args.model, args.adapter, args.max_new_tokens, args.temperature)
+    if args.prompt is None:
+        chat(model, args.system)
+    else:
+        model.answer([*first_turn(args.system), {"role": "user", "content": args.prompt}])
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from alignment.merge import merge_adapter
+
+    print(merge_adapter(args.adapter, args.out).describe())
 
 
 def cmd_push(args: argparse.Namespace) -> None:
@@ -150,8 +195,11 @@ def cmd_sample(args: argparse.Namespace) -> None:
     )
 
 
+DB_HELP = "ranking database: an SQLite file, or postgresql://user@host/dbname"
+
+
 def _existing_db(path: str) -> str:
-    if not os.path.isfile(path):
+    if "://" not in path and not os.path.isfile(path):  # a URL's server says for itself
         raise AlignmentError(f"{path}: ranking database not found (create it with `align sample`)")
     return path
 
@@ -246,11 +294,11 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
     sample = _recipe_command(sub, "sample", "sample K answers per prompt into a ranking database")
     sample.add_argument("--prompts", required=True, help="prompts file (.jsonl/.json)")
     sample.add_argument("--k", type=int, help="candidates per prompt (default: sample.k)")
-    sample.add_argument("--db", default="rankings.db", help="SQLite ranking database")
+    sample.add_argument("--db", default="rankings.db", help=DB_HELP)
     sample.add_argument("--adapter", help="PEFT adapter directory or Hub id to sample with")
 
     ui = sub.add_parser("ui", help="serve the ranking app to annotators")
-    ui.add_argument("--db", default="rankings.db", help="SQLite ranking database")
+    ui.add_argument("--db", default="rankings.db", help=DB_HELP)
     who = ui.add_mutually_exclusive_group(required=True)
     who.add_argument("--annotators", help="annotators YAML file (sign-in with hashed passwords)")
     who.add_argument("--single-user", metavar="NAME", help="no sign-in: one trusted local user")
@@ -276,7 +324,7 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--file", default="annotators.yaml")
 
     out = sub.add_parser("export", help="write rankings or preference pairs for the reward model")
-    out.add_argument("--db", default="rankings.db")
+    out.add_argument("--db", default="rankings.db", help=DB_HELP)
     out.add_argument(
         "--format",
         choices=["rankings", "pairs", "hf"],
@@ -293,8 +341,27 @@ def _add_ranking_commands(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--aggregate", choices=["none", "mean-rank"], default="none")
 
     agree = sub.add_parser("agreement", help="inter-annotator agreement of the current rankings")
-    agree.add_argument("--db", default="rankings.db")
+    agree.add_argument("--db", default="rankings.db", help=DB_HELP)
     agree.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    chat = sub.add_parser("chat", help="chat with a trained model in the terminal")
+    chat.add_argument(
+        "model",
+        help="a stage directory (runs/<name>/sft, ppo, dpo), or a base model (embedded name, "
+        "local or merged directory, Hub id) to use alone or under --adapter",
+    )
+    chat.add_argument("--adapter", help="adapter directory or Hub id to apply to MODEL")
+    chat.add_argument("--prompt", help="answer this one message to stdout and exit")
+    chat.add_argument("--system", help="system message opening the conversation")
+    chat.add_argument("--max-new-tokens", type=int, help="default: the recipe's sample setting")
+    chat.add_argument("--temperature", type=float, help="0: greedy; default: the recipe's")
+    merge = sub.add_parser(
+        "merge", help="merge an adapter into its base: a full Transformers model directory"
+    )
+    merge.add_argument("adapter", help="a stage directory, e.g. runs/quickstart/ppo or .../rm")
+    merge.add_argument("--out", required=True, help="new directory for the merged model")
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -304,6 +371,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
     "ppo": cmd_ppo,
     "dpo": cmd_dpo,
     "push": cmd_push,
+    "chat": cmd_chat,
+    "merge": cmd_merge,
     "run": cmd_run,
     "report": cmd_report,
     "models": cmd_models,
@@ -344,17 +413,39 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["none", "4bit", "8bit"],
         help="load the base this way (default: as trained; `none` for foreign adapters)",
     )
+    eval_policy = _recipe_command(
+        targets,
+        "policy",
+        "the final policy against SFT on held-out prompts (`align eval RECIPE` for short)",
+    )
+    eval_policy.add_argument(
+        "--with",
+        dest="with_",
+        choices=["judge", "humans"],
+        default="judge",
+        help="judge: the recipe's judge, reward model and KL, with 95%% intervals; humans: put "
+        "blind SFT-vs-final pairs into a ranking store for `align ui` and report the verdicts so "
+        "far (run again as they come in)",
+    )
+    eval_policy.add_argument(
+        "--db", help="the human evaluation's store (default: <run_dir>/eval/humans.db)"
+    )
     ppo = _recipe_command(sub, "ppo", "PPO of the SFT policy against the reward model, KL to SFT")
     ppo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     dpo = _recipe_command(
         sub, "dpo", "DPO of the SFT adapter on preference pairs, instead of rm+ppo"
     )
     dpo.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    push = sub.add_parser("push", help="upload an adapter directory and its model card to the Hub")
-    push.add_argument("adapter_dir", help="a stage directory, e.g. runs/quickstart/ppo")
+    push = sub.add_parser(
+        "push", help="upload an adapter or merged model directory and its card to the Hub"
+    )
+    push.add_argument(
+        "adapter_dir", help="a stage directory (runs/quickstart/ppo) or an `align merge` output"
+    )
     push.add_argument("--repo-id", required=True, help="Hub model repo, e.g. me/smollm2-ppo")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--token", help="Hub token with write access (default: HF_TOKEN or login)")
+    _add_model_commands(sub)
     chain = _recipe_command(sub, "run", "the whole chain: sft, sample, rank, rm, ppo, eval, report")
     chain.add_argument(
         "--from", dest="start", metavar="STAGE", help="redo this stage and the ones after"
@@ -436,6 +527,9 @@ def _fail_if_not_a_bug(err: Exception, command: str, argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    # `align eval RECIPE` is short for `align eval policy RECIPE`.
+    if argv[:1] == ["eval"] and len(argv) > 1 and argv[1] not in ("rm", "policy", "-h", "--help"):
+        argv = ["eval", "policy", *argv[1:]]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse ends the `overrides` positional at the first option, so key=value overrides

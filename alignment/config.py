@@ -6,13 +6,24 @@ stage its own section. Every field below is documented and defaulted; `align con
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from alignment.errors import RecipeError
 
@@ -68,15 +79,60 @@ class LoraConfig(Section):
     )
 
 
+class DataSource(Section):
+    """A `data` (or `prompts`) key given as a mapping; a plain string is the same as `path` alone.
+    Everything but `path` is passed to `datasets.load_dataset`."""
+
+    path: str = Field(
+        ...,
+        description="A local .jsonl/.json/.parquet/.csv file, a local dataset directory, or a Hub "
+        "dataset id (or a `datasets` builder such as csv with `data_files`).",
+    )
+    subset: str | None = Field(None, description="The dataset's configuration (subset) name.")
+    split: str | None = Field(
+        None,
+        description="Split to read, or a slice of one (train[:1000]). Default: the section's "
+        "data_split or eval_split; a single local file has only `train`.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Which files of the dataset to read, optionally by split."
+    )
+    streaming: bool = Field(False, description="Read rows as they download, with no local copy.")
+
+    def __str__(self) -> str:
+        return self.path  # what messages, model cards and input checks name the data by
+
+
+# Tags that pick DataSpec's member, so a bad mapping is reported against DataSource alone;
+# hyphenated, they never read as recipe keys (error locations leave them out).
+_DATA_TAGS = {"data-path", "data-mapping"}
+
+
+def _data_kind(value: Any) -> str:
+    return "data-mapping" if isinstance(value, dict | DataSource) else "data-path"
+
+
+DataSpec = Annotated[
+    Annotated[str, Tag("data-path")] | Annotated[DataSource, Tag("data-mapping")],
+    Discriminator(_data_kind),
+]
+
+
 LRScheduler = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 
 
 class TrainerSection(Section):
     """Settings every Trainer-based stage (sft, rm, dpo) shares; see alignment.trainers."""
 
+    trl_config: ClassVar[str]  # the TRL config class that validates `trainer_args`
+
     data_split: str = Field("train", description="Split to read when `data` is a `datasets` name.")
-    eval_data: str | None = Field(
+    eval_data: DataSpec | None = Field(
         None, description="Held-out data; if unset, `eval_fraction` of `data` is held out."
+    )
+    eval_split: str = Field(
+        "test", description="Split to read when `eval_data` is a `datasets` name."
     )
     eval_fraction: float = Field(
         0.05,
@@ -106,6 +162,29 @@ class TrainerSection(Section):
     eval_steps: int = Field(50, gt=0, description="Evaluate on the held-out data every N steps.")
     save_steps: int = Field(50, gt=0, description="Write a resumable checkpoint every N steps.")
     save_total_limit: int = Field(2, gt=0, description="Checkpoints kept on disk.")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other option of the stage's TRL config (SFTConfig, RewardConfig, "
+        "DPOConfig), e.g. {optim: adamw_torch_fused, use_liger_kernel: true}.",
+    )
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, trainer_args: dict[str, Any]) -> dict[str, Any]:
+        if not trainer_args:
+            return trainer_args  # no need to import TRL
+        import trl
+
+        config_class = getattr(trl, cls.trl_config)
+        known = sorted(f.name for f in dataclasses.fields(config_class) if f.init)
+        unknown = [key for key in trainer_args if key not in known]
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_trainer_arg",
+                "unknown key of TRL's {config}",
+                {"config": cls.trl_config, "keys": unknown, "known": known},
+            )
+        return trainer_args
 
 
 def _default(section: type[BaseModel], name: str, value: Any) -> Any:
@@ -114,10 +193,13 @@ def _default(section: type[BaseModel], name: str, value: Any) -> Any:
 
 
 class SFTConfig(TrainerSection):
-    data: str = Field(
+    trl_config: ClassVar[str] = "SFTConfig"
+
+    data: DataSpec = Field(
         "data/demos.jsonl",
-        description="Demonstrations: a local .jsonl/.json file or a `datasets` name. Rows hold "
-        "chat `messages`, or `prompt`+`completion`, or Alpaca `instruction`(+`input`)+`output`.",
+        description="Demonstrations: a local .jsonl/.json/.parquet/.csv file or a `datasets` name "
+        "(or a mapping, see DataSource). Rows hold chat `messages`, ShareGPT `conversations`, "
+        "`prompt`+`completion`, Alpaca `instruction`(+`input`)+`output`, or plain `text`.",
     )
     assistant_only_loss: bool = Field(
         True, description="Train on assistant tokens only (every assistant turn, with its context)."
@@ -172,9 +254,6 @@ Format = Literal["auto", "rankings", "pairs", "trl", "hh"]
 class PreferenceSection(TrainerSection):
     """A Trainer stage that learns from preferences (rm, dpo)."""
 
-    eval_split: str = Field(
-        "test", description="Split to read when `eval_data` is a `datasets` name."
-    )
     format: Format = Field(
         "auto", description="Row format; auto detects it per row from the row's keys."
     )
@@ -183,9 +262,11 @@ class PreferenceSection(TrainerSection):
 class RMConfig(PreferenceSection):
     """Reward-model stage (`align rm`): a LoRA adapter plus a scalar `score` head."""
 
-    data: str = Field(
+    trl_config: ClassVar[str] = "RewardConfig"
+
+    data: DataSpec = Field(
         "data/comparisons.jsonl",
-        description="Preferences: a local .jsonl/.json file or a `datasets` name. Rows are the "
+        description="Preferences: a local .jsonl/.json/.parquet/.csv file or a `datasets` name. Rows are the "
         "ranking UI's rankings or pairs export, TRL chosen/rejected (implicit or explicit prompt, "
         "text or chat, optional `margin`), or HH-RLHF text (`\\n\\nHuman: ...`).",
     )
@@ -208,6 +289,12 @@ class RMConfig(PreferenceSection):
     group_by_length: bool = Field(
         True, description="Batch comparisons of similar length together (less padding)."
     )
+    length_balance: bool = Field(
+        False,
+        description="Weight training pairs so that the preferred answer is the longer one in half "
+        "the weight and the shorter one in the other half: length alone then predicts nothing, "
+        "and the model must learn what else annotators preferred.",
+    )
     stats_examples: int = Field(
         512,
         ge=0,
@@ -217,7 +304,7 @@ class RMConfig(PreferenceSection):
 
 
 class PPOConfig(Section):
-    prompts: str = Field(
+    prompts: DataSpec = Field(
         "data/prompts.jsonl",
         description="Prompts to roll out: `prompt` text or chat `messages` rows.",
     )
@@ -305,11 +392,13 @@ DPOLoss = Literal[
 class DPOConfig(PreferenceSection):
     """DPO stage (`align dpo`): the SFT adapter trained on preference pairs, against itself frozen."""
 
-    data: str = Field(
+    trl_config: ClassVar[str] = "DPOConfig"
+
+    data: DataSpec = Field(
         "data/pairs.jsonl",
         description="Preferences: the ranking UI's pairs (or rankings) export, TRL chosen/rejected "
-        "or HH-RLHF rows; a local .jsonl/.json file or a `datasets` name. A K-way ranking trains "
-        "its K-choose-2 pairs.",
+        "or HH-RLHF rows; a local .jsonl/.json/.parquet/.csv file or a `datasets` name. A K-way "
+        "ranking trains its K-choose-2 pairs.",
     )
     sft_adapter: str | None = Field(
         None,
@@ -384,7 +473,7 @@ class JudgeConfig(Section):
 class EvalConfig(Section):
     """Evaluation of SFT against the final policy on held-out prompts."""
 
-    prompts: str = Field("data/prompts_heldout.jsonl", description="Held-out prompts.")
+    prompts: DataSpec = Field("data/prompts_heldout.jsonl", description="Held-out prompts.")
     limit: int | None = Field(None, gt=0, description="Evaluate on the first N prompts only.")
     max_new_tokens: int = Field(64, gt=0, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0, description="0: greedy answers, reproducible.")
@@ -406,7 +495,7 @@ class ChainConfig(Section):
         default_factory=lambda: ["sft", "sample", "rank", "rm", "ppo", "eval", "report"],
         description="Stages in order; use dpo instead of (or besides) rm and ppo for DPO.",
     )
-    sample_prompts: str = Field(
+    sample_prompts: DataSpec = Field(
         "data/prompts.jsonl", description="Prompts whose K sampled answers get ranked."
     )
     sample_limit: int | None = Field(None, gt=0, description="Sample the first N prompts only.")
@@ -423,6 +512,12 @@ class Recipe(Section):
     name: str = Field(..., description="Run name; outputs go to `run_dir`.")
     run_dir: Path | None = Field(None, description="Run directory. Default: runs/<name>.")
     seed: int = Field(42, description="Seed for data order, dropout and sampling.")
+    report_to: list[Literal["tensorboard", "trackio", "wandb"]] = Field(
+        ["tensorboard"],
+        description="Experiment trackers every stage logs its metrics.jsonl figures to, under "
+        "the same names ([] for none); trackio and wandb need their package installed "
+        "(pip install 'alignment[trackio]' or 'alignment[wandb]').",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig, description="The one base model.")
     lora: LoraConfig = Field(
         default_factory=LoraConfig, description="Adapter shape for every stage."
@@ -468,29 +563,45 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section type a field holds, also inside a union such as DataSpec or `X | None`."""
+    if isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
+
+
 def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    section: type[BaseModel] = Recipe
+    section: type[BaseModel] | None = Recipe
     for part in loc:
-        field = section.model_fields.get(str(part))
-        annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        section = annotation
+        field = section.model_fields.get(str(part)) if section else None
+        section = _model_in(field.annotation) if field else None
     return section
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if not isinstance(p, int) or p >= 0)
+    loc = tuple(
+        p for p in error["loc"] if (not isinstance(p, int) or p >= 0) and p not in _DATA_TAGS
+    )
     key = ".".join(str(p) for p in loc)
+    if error["type"] == "unknown_trainer_arg":
+        context = error["ctx"]
+        return "\n  ".join(
+            f"{key}.{name}: unknown key of TRL's {context['config']}"
+            f"{_did_you_mean(name, context['known'])} (see `help(trl.{context['config']})`)"
+            for name in context["keys"]
+        )
     if error["type"] == "extra_forbidden":
         section = _section_at(loc[:-1])
         allowed = sorted(section.model_fields) if section else []
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        return f"{key}: unknown key{hint} Allowed here: {', '.join(allowed)}"
+        return f"{key}: unknown key{_did_you_mean(str(loc[-1]), allowed)} Allowed here: {', '.join(allowed)}"
     given = error.get("input")
     shown = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"{key}: {error['msg']}{shown}"
+
+
+def _did_you_mean(name: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

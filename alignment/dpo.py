@@ -30,12 +30,13 @@ from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from alignment import cpu, trainers
-from alignment.adapters import check_same_base, input_adapter
+from alignment.adapters import base_names, check_same_base, input_adapter
 from alignment.config import Recipe
 from alignment.errors import DataError, RunStateError
 from alignment.guarded_trainer import GuardedTrainer
 from alignment.models import cast_adapter, compute_dtype, load_model
 from alignment.preferences import Comparison
+from alignment.runs import end_stage
 
 log = logging.getLogger(__name__)
 POLICY = "default"  # the adapter name DPOTrainer trains; it adds the frozen "ref" copy itself
@@ -98,7 +99,7 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     sft_dir = input_adapter(recipe, cfg.sft_adapter, "dpo.sft_adapter", "sft")
 
     start = trainers.start(recipe, "dpo", resume)
-    check_same_base(sft_dir, start.source, "SFT")
+    check_same_base(sft_dir, base_names(recipe.model, start.source), "SFT")
     model = PeftModel.from_pretrained(
         load_model(recipe.model, source=start.source),
         sft_dir,
@@ -107,8 +108,12 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
     )
     dtype = compute_dtype(recipe.model)
     evaluation = Dataset.from_list(eval_rows) if eval_rows else None
-    args = DPOConfig(
-        **trainers.arguments(recipe, cfg, start, evaluate=evaluation is not None),
+    args = trainers.trl_config(
+        DPOConfig,
+        recipe,
+        cfg,
+        start,
+        evaluate=evaluation is not None,
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         label_smoothing=cfg.label_smoothing,
@@ -163,4 +168,5 @@ def run_dpo(recipe: Recipe, resume: bool = False) -> DPOOutcome:
 
     trainers.save(trainer, start, recipe, "dpo", summary, card_metrics, adapters=[POLICY])
     log.info("DPO adapter saved to %s: %s", start.out, card_metrics)
+    end_stage()
     return DPOOutcome(start.out, trainer.model, summary)

@@ -146,6 +146,10 @@ def _file_of(err: BaseException, writing: bool = True) -> str | None:
 
 def _open_file_name(value: object, writing: bool) -> str | None:
     """The path of an open (or just closed) file object or SQLite connection, else None."""
+    # An SQLAlchemy connection (the ranking store's) names its SQLite file in its engine's URL.
+    url = getattr(getattr(value, "engine", None), "url", None)
+    if getattr(url, "drivername", None) == "sqlite" and url.database:
+        return url.database
     if isinstance(value, sqlite3.Connection):
         try:
             return next(row[2] for row in value.execute("PRAGMA database_list") if row[1] == "main")

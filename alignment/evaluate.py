@@ -23,9 +23,10 @@ from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import RunStateError
 from alignment.generation import Completion, GenerationSettings, generate
+from alignment.human_eval import post_pairs, summarise_humans, verdicts
 from alignment.judges import build_scorer, reward_scorer
 from alignment.models import float32_logits, load_model, load_tokenizer, resolve_model
-from alignment.runs import append_jsonl, write_json
+from alignment.runs import append_jsonl, read_jsonl, write_json
 from alignment.stats import (
     CONFIDENCE,
     LENGTH_CONTROL_METHOD,
@@ -36,6 +37,7 @@ from alignment.stats import (
     mean_interval,
     outcomes,
 )
+from alignment.store import AB_EVALUATION, Store
 from alignment.tokens import encode_prompt
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,7 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
             out / "answers.jsonl",
             {
                 "prompt": messages[-1]["content"],
+                "messages": messages,
                 **{f"{name}_answer": answers[name][index].text for name in adapters},
                 **{f"{name}_judge": judged[name][index] for name in adapters},
                 **{f"{name}_tokens": int(lengths[name][index]) for name in adapters},
@@ -211,3 +214,30 @@ def _rewards(
         for name, completions in answers.items()
     }
     return {"adapter": str(path), "gold": gold}, rewards
+
+
+def human_db(recipe: Recipe) -> str:
+    """Where the run's human A/B pairs live by default: a store of their own, never the one the
+    reward model trains on."""
+    return str(recipe.output_dir / "eval" / "humans.db")
+
+
+def run_human_eval(recipe: Recipe, db: str) -> dict[str, Any]:
+    """Post the evaluated prompts' answer pairs for people to compare blind (once), and fold
+    their judgements so far into eval.json as `human`. Run again as judgements come in."""
+    out = recipe.output_dir / "eval"
+    if not (out / "eval.json").is_file():
+        raise RunStateError(
+            f"{out}: no evaluation yet; run `align run RECIPE --from eval --until eval` first"
+        )
+    report = json.loads((out / "eval.json").read_text())
+    stage = report["final_stage"]
+    store = Store(db)
+    added = post_pairs(
+        store, read_jsonl(out / "answers.jsonl"), stage, recipe.model.name, recipe.seed
+    )
+    pairs = store.prompts_from(AB_EVALUATION)
+    report["human"] = {"db": db, **summarise_humans(verdicts(store), pairs, recipe.seed)}
+    write_json(out / "eval.json", report)
+    log.info("%s: %d new A/B pairs (%d in all)", db, added, pairs)
+    return report

@@ -12,11 +12,12 @@ ids counted over real tokens only. A row stops at an end-of-sequence token or at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignment.config import SampleConfig
@@ -180,13 +181,13 @@ def generate(
     prompts: Sequence[Messages | list[int]],
     settings: GenerationSettings,
     seeds: Sequence[int] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress_label: str | None = "generating",
 ) -> list[Completion]:
     """One completion per prompt (chat messages, or token ids already encoded), in input order.
 
     `seeds` gives each sequence its own random stream (default: its index). Prompts are batched
-    by length to waste little compute on padding; `progress(n)` is called after each batch with
-    the number of sequences it finished.
+    by length to waste little compute on padding. A progress bar labelled `progress_label`
+    counts the finished sequences (None: no bar, for callers that show their own).
     """
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
@@ -198,6 +199,7 @@ def generate(
     model.eval()
     results: list[Completion | None] = [None] * len(prompts)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    bar = tqdm(total=len(prompts), desc=progress_label, unit="seq", disable=progress_label is None)
     try:
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]
@@ -217,8 +219,8 @@ def generate(
                     finish_reason="length" if stop_token is None else "stop",
                     stop_token=stop_token,
                 )
-            if progress is not None:
-                progress(len(batch))
+            bar.update(len(batch))
     finally:
+        bar.close()
         model.train(was_training)
     return results  # type: ignore[return-value]

@@ -132,13 +132,21 @@ def push_adapter(
     private: bool = False,
     token: str | None = None,
 ) -> PushOutcome:
-    """Create the model repo if needed and upload the adapter directory with its model card."""
+    """Create the model repo if needed and upload the adapter directory, or the merged model
+    directory of `align merge`, with its model card."""
     folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
-        raise ModelSourceError(f"{folder}: no adapter_config.json (not a PEFT adapter directory)")
+    if (folder / "adapter_config.json").is_file():
+        what = f"{folder.name} adapter"
+    elif (folder / "config.json").is_file():
+        what = "merged model"
+    else:
+        raise ModelSourceError(
+            f"{folder}: no adapter_config.json or config.json (not a PEFT adapter directory or a "
+            "merged model from `align merge`)"
+        )
     if not (folder / "README.md").is_file():
         raise ModelSourceError(
-            f"{folder}: no README.md model card; stage directories written by `align` have one"
+            f"{folder}: no README.md model card; directories written by `align` have one"
         )
     if not looks_like_repo_id(repo_id):
         raise ModelSourceError(f"--repo-id {repo_id!r}: expected owner/name, e.g. me/smollm2-ppo")
@@ -146,7 +154,6 @@ def push_adapter(
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    stage = folder.name
     with hub_errors(f"pushing {folder} to {repo_id}", "Nothing was uploaded."):
         repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         log.info("uploading %d files to %s: %s", len(files), repo, ", ".join(files))
@@ -154,7 +161,7 @@ def push_adapter(
             repo_id=repo_id,
             folder_path=folder,
             repo_type="model",
-            commit_message=f"align push: {stage} adapter",
+            commit_message=f"align push: {what}",
             allow_patterns=PUSH_ALLOW,
             ignore_patterns=PUSH_IGNORE,
         )

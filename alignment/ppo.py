@@ -31,11 +31,17 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedTokenizerBase, set_seed
 
 from alignment import cpu
-from alignment.adapters import input_adapter
+from alignment.adapters import base_names, input_adapter
 from alignment.config import Recipe
 from alignment.data import read_prompts
 from alignment.errors import DataError, RunStateError, TrainingDiverged
-from alignment.models import base_model_id, load_model, load_tokenizer, resolve_model
+from alignment.models import (
+    base_model_id,
+    load_model,
+    load_tokenizer,
+    name_base_in,
+    resolve_model,
+)
 from alignment.rlhf.checkpoint import (
     last_checkpoint,
     load_checkpoint,
@@ -45,7 +51,15 @@ from alignment.rlhf.checkpoint import (
 from alignment.rlhf.learner import Learner, mean_over_processes
 from alignment.rlhf.roles import RoleModel
 from alignment.rlhf.rollout import Prompt, RewardScale, Rollout, Sampler, prompt_indices
-from alignment.runs import append_jsonl, read_jsonl, start_stage, write_model_card, write_summary
+from alignment.runs import (
+    append_jsonl,
+    end_stage,
+    read_jsonl,
+    record_metrics,
+    start_stage,
+    write_model_card,
+    write_summary,
+)
 from alignment.tokens import encode_prompt
 
 __all__ = ["PPOOutcome", "run_ppo"]
@@ -82,7 +96,8 @@ def build(recipe: Recipe, accelerator: Accelerator) -> PPOParts:
     source = resolve_model(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
     prompts = encode_prompts(recipe, tokenizer, source)
-    model = RoleModel(load_model(recipe.model, source=source), sft_dir, rm_dir, source)
+    base = load_model(recipe.model, source=source)
+    model = RoleModel(base, sft_dir, rm_dir, base_names(recipe.model, source))
     for directory in (sft_dir, rm_dir):
         check_tokenizer(recipe, tokenizer, directory)
     model.to(accelerator.device)
@@ -170,7 +185,7 @@ def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
         metrics, rollout = ppo_update(parts, update)
         update += 1
         if main:
-            append_jsonl(metrics_path, {"update": update, "time": time.time(), **metrics})
+            record_metrics(metrics_path, "update", update, metrics)
             if update % cfg.sample_every == 0 or update == 1:
                 log_samples(samples_path, update, rollout)
         bar.update(1)
@@ -194,6 +209,7 @@ def run_ppo(recipe: Recipe, resume: bool = False) -> PPOOutcome:
     if main:
         save_policy(parts, out, summary)
     accelerator.wait_for_everyone()
+    end_stage()
     return PPOOutcome(out, summary, history)
 
 
@@ -225,6 +241,7 @@ def save_policy(parts: PPOParts, out: Path, summary: dict[str, Any]) -> None:
             out / "adapter_model.safetensors",
         )
     config.inference_mode = True
+    name_base_in(config, parts.recipe.model)
     config.save_pretrained(out)
     config.inference_mode = False
     parts.tokenizer.save_pretrained(out)

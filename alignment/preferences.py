@@ -35,7 +35,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignment.config import Format
+from alignment.config import DataSpec, Format
 from alignment.data import check_turns, read_rows
 from alignment.errors import DataError
 from alignment.tokens import Conversation, Messages
@@ -301,9 +301,11 @@ def _row_format(origin: str, row: dict[str, Any], fmt: Format) -> str:
     return kind
 
 
-def read_preferences(source: str, split: str = "train", fmt: Format = "auto") -> PreferenceData:
+def read_preferences(
+    source: DataSpec, split: str = "train", fmt: Format = "auto"
+) -> PreferenceData:
     """Every usable comparison of a file or `datasets` split, with skips counted by reason."""
-    data = PreferenceData(source, [])
+    data = PreferenceData(str(source), [])
     for origin, row in read_rows(source, split):
         data.rows += 1
         kind = _row_format(origin, row, fmt)

@@ -77,6 +77,21 @@ def _reward_label(evaluation: dict[str, Any]) -> str:
     return "reward by this run's RM"
 
 
+def _human_rows(human: dict[str, Any] | None, stage: str) -> list[tuple[str, str, str]]:
+    """The human A/B evaluation's lines of the table: overall, then per annotator."""
+    if not human:
+        return []
+    verdicts = ", ".join(f"{label} {n}" for label, n in human["verdicts"].items())
+    rows = [(f"human A/B judgements ({human['pairs']} pairs)", "", verdicts)]
+    if "win_rate" in human:
+        rows.append((f"human win rate of {stage} over SFT", "", _fmt(human["win_rate"])))
+        for name, own in human["per_annotator"].items():
+            rows.append(
+                (f"  by {name} ({own['judgements']} judgements)", "", _fmt(own["win_rate"]))
+            )
+    return rows
+
+
 def _svg_evaluation(evaluation: dict[str, Any]) -> str:
     """Win rates with their 95% intervals as error bars, against the coin-flip line."""
     stage = evaluation["final_stage"]
@@ -86,8 +101,8 @@ def _svg_evaluation(evaluation: dict[str, Any]) -> str:
     }
     if "reward_win_rate" in evaluation:
         bars["win rate (reward)"] = evaluation["reward_win_rate"]
-    for label, value in evaluation.get("human", {}).get("win_rates", {}).items():
-        bars[f"humans: {label}"] = value
+    if "win_rate" in evaluation.get("human", {}):
+        bars["win rate (humans)"] = evaluation["human"]["win_rate"]
     estimates = [v["estimate"] for v in bars.values()]
     errors = [
         [v["estimate"] - v["low"] for v in bars.values()],
@@ -160,6 +175,7 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
             if key in evaluation:
                 table.append((label, "", _fmt(evaluation[key])))
         table.append(("KL to SFT (per answer)", "0", _fmt(evaluation["kl_to_sft"])))
+        table += _human_rows(evaluation.get("human"), stage)
     if "eval_accuracy" in rm_summary:
         table.append(("reward model held-out accuracy", "", _fmt(rm_summary["eval_accuracy"])))
     final = evaluation["final_stage"] if evaluation else "final"

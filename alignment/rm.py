@@ -45,11 +45,11 @@ from alignment.config import LoraConfig, Recipe
 from alignment.errors import RecipeError, RunStateError
 from alignment.guarded_trainer import GuardedTrainer
 from alignment.models import base_model_id, load_model, peft_config
-from alignment.reward.encoding import ComparisonCollator, encode_comparison
+from alignment.reward.encoding import ComparisonCollator, encode_comparison, length_balanced
 from alignment.reward.loading import STATS_FILE
 from alignment.reward.metrics import preference_report
 from alignment.reward.scoring import batch_scores, comparison_scores, reward_stats
-from alignment.runs import stage_dir
+from alignment.runs import end_stage, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -157,15 +157,23 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     start = trainers.start(recipe, "rm", resume)
     tokenizer = start.tokenizer
     train_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in train]
+    if cfg.length_balance:
+        train_rows = length_balanced(train_rows)
     eval_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in held]
     with suppress_seqcls_warning():  # the fresh score head and the unused LM head are expected
         base = load_model(recipe.model, head="score", source=start.source)
+    if base.config.pad_token_id is None:  # the classifier's own forward (run under DDP) needs it
+        base.config.pad_token_id = tokenizer.pad_token_id
     model = get_peft_model(base, peft_config(recipe.lora, TaskType.SEQ_CLS, ["score"]))
     if cfg.init == "sft":
         _load_sft_weights(model, sft_dir, recipe.lora)
 
-    args = RewardConfig(
-        **trainers.arguments(recipe, cfg, start, evaluate=bool(eval_rows)),
+    args = trainers.trl_config(
+        RewardConfig,
+        recipe,
+        cfg,
+        start,
+        evaluate=bool(eval_rows),
         max_length=None,  # encode_comparison truncates, keeping each conversation's end
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         remove_unused_columns=False,  # the collator needs every column
@@ -221,11 +229,10 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         "model": recipe.model.model_dump(mode="json"),
     }
     note = (
-        "\n## Scoring\n\nA reward model: load the base with "
-        "`AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)` before "
-        "`PeftModel.from_pretrained`, or use `alignment.reward.load_reward_model(<this directory>)` "
-        "and `alignment.reward.score`. Rewards are read at the last real token; "
-        f"`{STATS_FILE}` holds their mean and std on the training answers.\n"
+        "\n## Scoring\n\nRewards are read at the last real token, as `alignment.reward.score` "
+        "does; `alignment.reward.load_reward_model(<this directory>)` also restores the base's "
+        f"quantization and dtype of training. `{STATS_FILE}` holds the mean and std of the "
+        "rewards on the training answers (PPO normalises with them).\n"
     )
     trainers.save(
         trainer,
@@ -238,4 +245,5 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         card_note=note,
     )
     log.info("reward adapter saved to %s: %s", start.out, card_metrics)
+    end_stage()
     return RMOutcome(start.out, model, summary)

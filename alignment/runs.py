@@ -13,17 +13,21 @@ runs/<name>/
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from alignment.config import Recipe, save_recipe
+from alignment.models import base_licence, base_provenance
+from alignment.tracking import StageTrackers
 
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step of a stage
 
@@ -32,16 +36,53 @@ def stage_dir(recipe: Recipe, stage: str) -> Path:
     return recipe.output_dir / stage
 
 
+@dataclass
+class _OpenStage:
+    log_file: logging.Handler
+    trackers: StageTrackers
+
+
+_open_stage: _OpenStage | None = None  # a process runs one stage at a time
+_STAGE_LOGGERS = ("alignment", "transformers", "trl", "peft")
+
+
 def start_stage(recipe: Recipe, stage: str) -> Path:
-    """Create the stage directory, save the resolved recipe, and send logs to <stage>/train.log."""
+    """Create the stage directory, save the resolved recipe, send logs to <stage>/train.log and
+    metrics to the recipe's trackers (closing an earlier stage's first, so logs never mix)."""
+    end_stage()
     out = stage_dir(recipe, stage)
+    trackers = StageTrackers(
+        recipe.report_to, out, recipe.name, stage, recipe.model_dump(mode="json")
+    )
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, recipe.output_dir / "recipe.yaml")
     handler = logging.FileHandler(out / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("alignment", "transformers", "trl", "peft"):
+    for name in _STAGE_LOGGERS:
         logging.getLogger(name).addHandler(handler)
+    global _open_stage
+    _open_stage = _OpenStage(handler, trackers)
     return out
+
+
+def end_stage() -> None:
+    """Close the running stage's train.log and trackers; later logs go to the console only."""
+    global _open_stage
+    if _open_stage is None:
+        return
+    for name in _STAGE_LOGGERS:
+        logging.getLogger(name).removeHandler(_open_stage.log_file)
+    _open_stage.log_file.close()
+    _open_stage.trackers.finish()
+    _open_stage = None
+
+
+def record_metrics(path: Path, step_key: str, step: int, metrics: dict[str, Any]) -> None:
+    """Append one row to a stage's metrics.jsonl and log it to the stage's trackers under the
+    same names."""
+    append_jsonl(path, {step_key: step, "time": time.time(), **metrics})
+    if _open_stage is not None:
+        _open_stage.trackers.log(metrics, step)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -54,7 +95,8 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLogger(TrainerCallback):
-    """Appends every Trainer log (loss, eval loss, learning rate, tokens) to a JSONL file."""
+    """Records every Trainer log (loss, eval loss, learning rate, tokens) in metrics.jsonl and
+    the stage's trackers."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -68,23 +110,7 @@ class MetricsLogger(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         if state.is_world_process_zero and logs:
-            append_jsonl(self.path, {"step": state.global_step, "time": time.time(), **logs})
-
-
-def metric_callbacks(out: Path) -> list[TrainerCallback]:
-    """JSONL metrics always; TensorBoard event files in <stage>/tensorboard when it is installed."""
-    callbacks: list[TrainerCallback] = [MetricsLogger(out / METRICS_FILE)]
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return callbacks
-    from transformers.integrations import TensorBoardCallback
-
-    tensorboard_logger = TensorBoardCallback()
-    tensorboard_logger.logging_dir = str(
-        out / "tensorboard"
-    )  # the Trainer's default is under checkpoints/
-    return [*callbacks, tensorboard_logger]
+            record_metrics(self.path, "step", state.global_step, logs)
 
 
 def _finite(value: Any) -> Any:
@@ -168,6 +194,51 @@ def _describe_source(source: str) -> str:
     return f"`{source}` (not found when the card was written)"
 
 
+# How a stage's adapter is loaded elsewhere: the PEFT auto class and the card's pipeline tag.
+_REWARD_STAGES = ("rm",)
+_LIBRARIES = ("alignment", "transformers", "trl", "peft", "accelerate", "torch")
+
+
+def _usage(stage: str) -> tuple[str, str]:
+    """(pipeline_tag, usage snippet) for a stage's adapter: a reward model is a sequence
+    classifier with one label, every other stage a causal LM."""
+    if stage in _REWARD_STAGES:
+        return (
+            "text-classification",
+            """```python
+from peft import AutoPeftModelForSequenceClassification
+from transformers import AutoTokenizer
+
+from alignment.reward import score  # optional: rewards exactly as `align eval rm` reads them
+
+model = AutoPeftModelForSequenceClassification.from_pretrained("<this directory or Hub id>", num_labels=1)
+tokenizer = AutoTokenizer.from_pretrained("<this directory or Hub id>")
+conversation = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+print(score(model.eval(), tokenizer, [conversation]))
+```""",
+        )
+    return (
+        "text-generation",
+        """```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+model = AutoPeftModelForCausalLM.from_pretrained("<this directory or Hub id>")
+tokenizer = AutoTokenizer.from_pretrained("<this directory or Hub id>")
+inputs = tokenizer.apply_chat_template(
+    [{"role": "user", "content": "Hi!"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+)
+answer = model.generate(**inputs, max_new_tokens=128)[0, inputs["input_ids"].shape[1]:]
+print(tokenizer.decode(answer, skip_special_tokens=True))
+```""",
+    )
+
+
+def _library_versions(quantized: bool) -> str:
+    names = [*_LIBRARIES, "bitsandbytes"] if quantized else list(_LIBRARIES)
+    return "\n".join(f"- {name} {importlib.metadata.version(name)}" for name in names)
+
+
 def write_model_card(
     out: Path,
     recipe: Recipe,
@@ -176,8 +247,9 @@ def write_model_card(
     metrics: dict[str, Any],
     note: str = "",
 ) -> None:
-    """A Hub-style README with metadata (base model, data, metrics, the resolved recipe), so the
-    adapter is self-describing wherever it goes, `align push` included."""
+    """A Hub-style README with metadata (base model, licence, pipeline tag, data), how to load
+    the adapter, metrics, library versions and the resolved recipe, so the adapter is
+    self-describing wherever it goes, `align push` included."""
     rows = "\n".join(
         f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
         for k, v in metrics.items()
@@ -190,12 +262,21 @@ def write_model_card(
     }
     data = "\n".join(f"- {key}: {_describe_source(str(v))}" for key, v in sources.items())
     hub_datasets = [str(v) for v in sources.values() if _is_hub_id(str(v))]
-    metadata = [f"base_model: {base_model}", "library_name: peft"]
+    pipeline_tag, usage = _usage(stage)
+    licence = base_licence(recipe.model)
+    metadata = [f"base_model: {base_model}", "library_name: peft", f"pipeline_tag: {pipeline_tag}"]
+    if licence:
+        metadata.append(f"license: {licence}")
     if hub_datasets:
         metadata.append(f"datasets: [{', '.join(hub_datasets)}]")
-    quantized = ", qlora" if recipe.model.quantization == "4bit" else ""
-    metadata.append(f"tags: [alignment, {stage}, lora{quantized}]")
+    quantized = recipe.model.quantization != "none"
+    qlora = ", qlora" if recipe.model.quantization == "4bit" else ""
+    metadata.append(f"tags: [alignment, {stage}, lora{qlora}]")
     header = "\n".join(metadata)
+    provenance = base_provenance(recipe.model)
+    licence_line = (
+        f"Licence: {licence}, the base model's." if licence else "Licence: the base model's."
+    )
     recipe_yaml = (recipe.output_dir / "recipe.yaml").read_text()
     (out / "README.md").write_text(
         f"""---
@@ -205,15 +286,11 @@ def write_model_card(
 # {recipe.name}: {stage} adapter
 
 A LoRA adapter (r={recipe.lora.r}, alpha={recipe.lora.alpha}) for `{base_model}`, trained by the
-`{stage}` stage of the `alignment` toolkit.
+`{stage}` stage of the `alignment` toolkit. {provenance}
 
-```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
+{licence_line}
 
-base = AutoModelForCausalLM.from_pretrained("{base_model}")
-model = PeftModel.from_pretrained(base, "<this directory or Hub id>")
-```
+{usage}
 
 ## Data
 
@@ -224,6 +301,10 @@ model = PeftModel.from_pretrained(base, "<this directory or Hub id>")
 | metric | value |
 | --- | --- |
 {rows}
+
+## Framework versions
+
+{_library_versions(quantized)}
 
 ## Recipe
 

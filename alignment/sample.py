@@ -32,7 +32,7 @@ class SampleOutcome:
     skipped: int  # already sampled earlier
     sampled: int
     candidates: int
-    db: Path
+    db: str  # the SQLite file, or the database URL without its password
 
 
 def candidate_seed(base_seed: int, key: str, index: int) -> int:
@@ -87,11 +87,14 @@ def run_sample(
     skipped = len(seen) - len(todo)
     if skipped:
         log.info(
-            "%d of %d prompts already have candidates in %s; skipping them", skipped, len(seen), db
+            "%d of %d prompts already have candidates in %s; skipping them",
+            skipped,
+            len(seen),
+            store.name,
         )
     if not todo:
         store.close()
-        return SampleOutcome(len(seen), skipped, 0, 0, Path(db))
+        return SampleOutcome(len(seen), skipped, 0, 0, store.name)
 
     from alignment.models import base_model_id, load_model, load_tokenizer, resolve_model
 
@@ -122,7 +125,7 @@ def run_sample(
             chunk = todo[start : start + per_round]
             prompts = [messages for _, _, messages in chunk for _ in range(cfg.k)]
             seeds = [candidate_seed(base_seed, key, i) for _, key, _ in chunk for i in range(cfg.k)]
-            completions = generate(model, tokenizer, prompts, settings, seeds)
+            completions = generate(model, tokenizer, prompts, settings, seeds, progress_label=None)
             for n, (origin, _, messages) in enumerate(chunk):
                 group = completions[n * cfg.k : (n + 1) * cfg.k]
                 store.add_sampled(
@@ -144,4 +147,4 @@ def run_sample(
                 candidates += len(group)
             bar.advance(task, len(chunk))
     store.close()
-    return SampleOutcome(len(seen), skipped, len(todo), candidates, Path(db))
+    return SampleOutcome(len(seen), skipped, len(todo), candidates, store.name)

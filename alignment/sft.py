@@ -17,6 +17,7 @@ from alignment.config import Recipe
 from alignment.data import sft_examples
 from alignment.guarded_trainer import GuardedTrainer
 from alignment.models import load_model, peft_config
+from alignment.runs import end_stage
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     train = Dataset.from_list(train_rows)
     if cfg.eval_data:
         evaluation = Dataset.from_list(
-            sft_examples(cfg.eval_data, "train", cfg.assistant_only_loss)
+            sft_examples(cfg.eval_data, cfg.eval_split, cfg.assistant_only_loss)
         )
     elif cfg.eval_fraction > 0 and len(train) >= 2:
         split = train.train_test_split(test_size=cfg.eval_fraction, seed=recipe.seed)
@@ -53,8 +54,12 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
     start = trainers.start(recipe, "sft", resume)
     model = load_model(recipe.model, source=start.source)
 
-    args = SFTConfig(
-        **trainers.arguments(recipe, cfg, start, evaluate=evaluation is not None),
+    args = trainers.trl_config(
+        SFTConfig,
+        recipe,
+        cfg,
+        start,
+        evaluate=evaluation is not None,
         max_length=cfg.max_length,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         padding_free=cfg.padding_free,
@@ -81,4 +86,5 @@ def run_sft(recipe: Recipe, resume: bool = False) -> SFTOutcome:
         summary["eval_loss"] = trainer.evaluate()["eval_loss"]
     trainers.save(trainer, start, recipe, "sft", summary)
     log.info("SFT adapter saved to %s: %s", start.out, summary)
+    end_stage()
     return SFTOutcome(start.out, trainer.model, summary)

@@ -18,24 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from alignment.config import PreferenceSection, Recipe, TrainerSection
-from alignment.errors import RunStateError
+from alignment.errors import RecipeError, RunStateError
 from alignment.guarded_trainer import GuardedTrainer, checkpoint_to_resume
 from alignment.models import (
     base_model_id,
     compute_dtype,
     load_tokenizer,
+    name_base_in,
     resolve_model,
     trainer_precision,
 )
 from alignment.preferences import Comparison, PreferenceData, read_preferences
 from alignment.runs import (
     METRICS_FILE,
+    MetricsLogger,
     fsync_tree,
-    metric_callbacks,
     start_stage,
     write_json,
     write_model_card,
@@ -80,7 +81,7 @@ def start(recipe: Recipe, stage: str, resume: bool) -> StageStart:
 def guarded(recipe: Recipe, start: StageStart) -> dict[str, Any]:
     """The keyword arguments a GuardedTrainer of a stage takes besides TRL's own."""
     return {
-        "callbacks": metric_callbacks(start.out),
+        "callbacks": [MetricsLogger(start.out / METRICS_FILE)],
         "compute_dtype": compute_dtype(recipe.model),
         "metrics_file": start.out / METRICS_FILE,
     }
@@ -108,6 +109,8 @@ def save(
     if trainer.accelerator.is_main_process:
         staging = start.out / ".final.partial"
         shutil.rmtree(staging, ignore_errors=True)
+        for adapter in trainer.model.peft_config.values():
+            name_base_in(adapter, recipe.model)
         trainer.model.save_pretrained(staging, selected_adapters=adapters)
         start.tokenizer.save_pretrained(staging)
         metrics = summary if card_metrics is None else card_metrics
@@ -147,9 +150,37 @@ def arguments(
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
         "save_total_limit": cfg.save_total_limit,
+        # Trackers get metrics.jsonl's names from our MetricsLogger, as PPO's do (runs.py).
         "report_to": [],
         "dataloader_pin_memory": torch.cuda.is_available(),
     }
+
+
+def trl_config(
+    config_class: type[TrainingArguments],
+    recipe: Recipe,
+    cfg: TrainerSection,
+    start: StageStart,
+    evaluate: bool,
+    **stage_options: Any,
+) -> TrainingArguments:
+    """The stage's TRL config: `arguments`, the stage's own options, and the recipe's
+    `trainer_args`, which may add any option TRL takes but not change one that align sets."""
+    stage = start.out.name
+    settings = {**arguments(recipe, cfg, start, evaluate), **stage_options}
+    if taken := sorted(cfg.trainer_args.keys() & settings.keys()):
+        raise RecipeError(
+            f"{stage}.trainer_args: align sets {', '.join(taken)} itself, from the recipe's "
+            f"{stage} keys or the run directory; set those there (`align config` lists the keys)"
+        )
+    try:
+        return config_class(**settings, **cfg.trainer_args)
+    except (ValueError, TypeError) as err:
+        if not cfg.trainer_args:
+            raise
+        raise RecipeError(
+            f"{stage}.trainer_args: TRL's {config_class.__name__} refused them: {err}"
+        ) from None
 
 
 def hold_out(

@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -45,6 +46,16 @@ def run_measured(
             f"{label} failed (exit {os.waitstatus_to_exitcode(status)}); log: {log_path}\n{output[-3000:]}"
         )
     return Measured(label, wall, usage.ru_maxrss / 1024, output)  # ru_maxrss is KiB on Linux
+
+
+def tool(name: str) -> str:
+    """The console script `name` (align, trl) of the environment running the benchmark, found
+    beside its interpreter, so a virtual environment works without being activated."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.is_file() else shutil.which(name)
+    if found is None:
+        sys.exit(f"{name}: not installed in {sys.prefix} (the environment running this benchmark)")
+    return found
 
 
 def threads_env(threads: int) -> dict[str, str]:

@@ -7,12 +7,13 @@ default what `model.dtype: auto` picks on this machine), the same prompts per up
 rollout batch, minibatch, PPO epochs, answer length, learning rate, KL coefficient, unfinished-
 answer penalty and normalised reward. Ours holds policy, reference, reward and value as four
 LoRA adapters on one base model; TRL (its last PPO, `trl.experimental.ppo` in 1.12.0, installed
-once into its own venv) holds a LoRA policy, a full reward model and a full value model trained
+once into a folder of its own) holds a LoRA policy, a full reward model and a full value model trained
 in full, and uses the policy with its adapter disabled as reference.
 
 Prepared once and cached (under $ALIGNMENT_CACHE_DIR or ~/.cache/alignment): the SFT and reward
 adapters (`align run recipes/quickstart.yaml --until rm`, shortened, unquantized), the reward adapter
-merged into a full AutoModelForSequenceClassification for TRL, and the TRL venv.
+merged into a full AutoModelForSequenceClassification for TRL, and TRL 1.12.0 in a folder of its
+own. `--dry-run` checks the environment and prints what a run would prepare and run, in seconds.
 
 Both sides run at the same time, one torch thread each (`--threads`), so the load of a shared
 CPU falls on both alike. Figures: peak RSS of each child process (wait4); seconds per update
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +38,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from common import ROOT, Measured, machine, run_measured, threads_env
+from common import ROOT, Measured, machine, run_measured, threads_env, tool
 
 from alignment.config import ModelConfig
 from alignment.data import read_prompts
@@ -80,7 +82,7 @@ def prepare_adapters(cache: Path, dtype: str) -> Path:
         return run_dir
     log(f"preparing SFT and reward adapters in {run_dir} (once; a few minutes)")
     command = [
-        "align", "run", str(RECIPE), f"run_dir={run_dir}", f"model.dtype={dtype}",
+        tool("align"), "run", str(RECIPE), f"run_dir={run_dir}", f"model.dtype={dtype}",
         *PREP_OVERRIDES, "--until", "rm",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -89,30 +91,59 @@ def prepare_adapters(cache: Path, dtype: str) -> Path:
     return run_dir
 
 
-def trl_python(cache: Path) -> Path:
-    """A venv that sees the system packages but has its own TRL 1.12.0 (pip --no-deps: its
-    requirements, accelerate>=1.4, datasets>=4.7, transformers>=4.56.2, are met by the system's)."""
-    venv = cache / "bench-venvs" / f"trl-{TRL_VERSION}"
-    python, marker = venv / "bin" / "python", venv / ".ready"
-    if marker.is_file():
-        return python
-    log(f"creating {venv} with trl=={TRL_VERSION} (once)")
-    shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", f"trl=={TRL_VERSION}"],
-        check=True,
-    )
-    version = subprocess.run(
-        [str(python), "-c", "import trl; print(trl.__version__)"],
+def trl_folder(cache: Path) -> Path:
+    """Where TRL 1.12.0 is installed alone (pip --target --no-deps)."""
+    return cache / "bench-packages" / f"trl-{TRL_VERSION}"
+
+
+def trl_env(folder: Path) -> dict[str, str]:
+    """The TRL side runs this very interpreter, so it has every package of this environment
+    (torch included, whether it is a venv or not), with TRL 1.12.0 first on its path. TRL's own
+    requirements (accelerate>=1.4, datasets>=4.7, transformers>=4.56.2) are met by this
+    environment's."""
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path}
+
+
+def trl_version(folder: Path) -> str:
+    """The TRL version the TRL side imports: 1.12.0 once installed; another also shows the side
+    sees this environment's packages."""
+    return subprocess.run(
+        [sys.executable, "-c", "import torch, trl; print(trl.__version__)"],
         check=True,
         capture_output=True,
         text=True,
+        env={**os.environ, **trl_env(folder)},
     ).stdout.strip()
+
+
+def install_trl(cache: Path) -> Path:
+    """TRL 1.12.0 in its own folder, installed once."""
+    folder = trl_folder(cache)
+    marker = folder / ".ready"
+    if marker.is_file():
+        return folder
+    log(f"installing trl=={TRL_VERSION} into {folder} (once)")
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--target",
+            str(folder),
+            f"trl=={TRL_VERSION}",
+        ],
+        check=True,
+    )
+    version = trl_version(folder)
     if version != TRL_VERSION:
-        sys.exit(f"{venv}: expected trl {TRL_VERSION}, imports {version}")
+        sys.exit(f"{folder}: expected trl {TRL_VERSION}, imports {version}")
     marker.write_text(version + "\n")
-    return python
+    return folder
 
 
 def merged_reward_model(cache: Path, rm_dir: Path) -> Path:
@@ -166,7 +197,7 @@ def run_ours(
     args: argparse.Namespace, run_dir: Path, seed: int, work: Path
 ) -> tuple[Measured, list[dict]]:
     command = [
-        "align", "ppo", str(RECIPE), f"run_dir={work / 'align'}", f"seed={seed}",
+        tool("align"), "ppo", str(RECIPE), f"run_dir={work / 'align'}", f"seed={seed}",
         "model.quantization=none",
         f"model.dtype={args.dtype}",
         f"ppo.sft_adapter={run_dir / 'sft'}", f"ppo.reward_adapter={run_dir / 'rm'}",
@@ -184,7 +215,7 @@ def run_ours(
 
 def run_trl(
     args: argparse.Namespace,
-    python: Path,
+    trl: Path,
     run_dir: Path,
     reward_dir: Path,
     batches: list[list[list[int]]],
@@ -215,8 +246,8 @@ def run_trl(
     }
     spec_path = work / "trl-spec.json"
     spec_path.write_text(json.dumps(spec))
-    command = [str(python), str(ROOT / "bench" / "trl_ppo_driver.py"), str(spec_path)]
-    measured = run_measured("trl-ppo", command, env=threads_env(args.threads))
+    command = [sys.executable, str(ROOT / "bench" / "trl_ppo_driver.py"), str(spec_path)]
+    measured = run_measured("trl-ppo", command, env=threads_env(args.threads) | trl_env(trl))
     updates = [
         json.loads(line)
         for line in measured.output.splitlines()
@@ -271,6 +302,28 @@ def gain(values: list[float]) -> float:
     return mean(values[-k:]) - mean(values[:k])
 
 
+def dry_run(args: argparse.Namespace) -> None:
+    """What a run needs, checked without training: the commands, the inputs, and that the TRL
+    side (this interpreter) imports torch and TRL."""
+    cache = args.cache or cache_root(ModelConfig()) / "bench-ppo"
+    folder = trl_folder(cache_root(ModelConfig()))
+    prompts = {
+        name: len(read_prompts(str(ROOT / getattr(args, name))))
+        for name in ("prompts", "eval_prompts")
+    }
+    installed = (folder / ".ready").is_file()
+    print(f"align: {tool('align')}")
+    print(f"prompts: {prompts['prompts']} to train on, {prompts['eval_prompts']} held out")
+    print(
+        f"TRL side: {sys.executable} with trl {trl_version(folder)}"
+        + ("" if installed else f" (trl=={TRL_VERSION} is installed into {folder} first)")
+    )
+    dtype = args.dtype or str(compute_dtype(ModelConfig())).removeprefix("torch.")
+    ready = (cache / f"run-{dtype}" / "rm" / "reward_stats.json").is_file()
+    print(f"adapters: {'cached' if ready else 'prepared first'} under {cache}")
+    print(f"runs: {len(args.seeds)} seed(s) x {args.updates} updates, both sides at once")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=8)
@@ -300,9 +353,17 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=None, help="default: <alignment cache>/bench-ppo"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the environment and inputs, print what a run would prepare and run, and stop",
+    )
     args = parser.parse_args()
     if args.batch_size % args.minibatch_size:
         parser.error("--batch-size must be a multiple of --minibatch-size (TRL needs it)")
+    if args.dry_run:
+        dry_run(args)
+        return
 
     import torch
 
@@ -312,7 +373,7 @@ def main() -> None:
         setattr(args, name, str(ROOT / getattr(args, name)))
     cache = args.cache or cache_root(ModelConfig()) / "bench-ppo"
     run_dir = prepare_adapters(cache, args.dtype)
-    python = trl_python(cache_root(ModelConfig()))
+    trl = install_trl(cache_root(ModelConfig()))
     reward_dir = merged_reward_model(cache, run_dir / "rm")
     tokenizer = load_tokenizer(ModelConfig())
     root = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
@@ -330,7 +391,7 @@ def main() -> None:
         # whose load swings by minutes, and one side after the other gave one a quieter time.
         with ThreadPoolExecutor(max_workers=2) as pool:
             ours_job = pool.submit(run_ours, args, run_dir, seed, work)
-            trl_job = pool.submit(run_trl, args, python, run_dir, reward_dir, batches, seed, work)
+            trl_job = pool.submit(run_trl, args, trl, run_dir, reward_dir, batches, seed, work)
             (ours, ours_metrics), (trl, trl_updates) = ours_job.result(), trl_job.result()
         log(f"seed {seed}: align ppo {ours.wall_seconds:.0f} s, {ours.peak_rss_mib:.0f} MiB peak")
         log(f"seed {seed}: TRL {trl.wall_seconds:.0f} s, {trl.peak_rss_mib:.0f} MiB peak")

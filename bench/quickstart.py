@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, machine, run_measured
+from common import ROOT, machine, run_measured, tool
 
 from alignment.config import load_recipe
 from alignment.stats import Interval
@@ -32,7 +32,7 @@ def run_seed(run_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
     stages = load_recipe(RECIPE, overrides).chain.stages
     results = []
     for stage in stages:
-        command = ["align", "run", str(RECIPE), *overrides, "--until", stage]
+        command = [tool("align"), "run", str(RECIPE), *overrides, "--until", stage]
         results.append((stage, run_measured(f"quickstart-{seed}-{stage}", command)))
     total = sum(m.wall_seconds for _, m in results)
     print(f"\n## seed {seed}\n| stage | wall s | peak RSS MiB |\n| --- | --- | --- |")

@@ -2,7 +2,7 @@
 1M prompts, and export rate at 100k.
 
     python bench/ranking_load.py [--clients 20] [--per-client 25] [--sizes 1000 1000000]
-                                 [--rankings 100000]
+                                 [--rankings 100000] [--postgres URL]
 
 1. A real `align ui` process on 127.0.0.1 with a fresh database; CLIENTS annotator threads sign
    in, lease via /next, then each submits PER_CLIENT rankings through /submit (which stores the
@@ -14,7 +14,9 @@
    rankings per prompt), built by bulk inserts (`bulk_store`); then, in this process, one thread,
    the public calls with `synchronous=FULL`: `lease` + `submit_ranking` cycles over 20
    annotators, then `undo` (each followed by a new submission) and `progress`. Prints p50/p95
-   of each at both sizes and the 1M / 1k ratio.
+   of each at both sizes and the 1M / 1k ratio. With `--postgres URL` (a server where that
+   user may CREATE DATABASE), the same on PostgreSQL, each size in a database of its own that
+   the benchmark makes and drops.
 3. A database with 100k rankings (K=4, 2 annotators per prompt, `bulk_store`), then
    `export_rows` written to JSONL in both formats, as rows/s. Baseline: reading
    `current_rankings()` alone, no JSON.
@@ -38,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -47,6 +49,8 @@ from common import ROOT, machine
 
 # tests/ is not an installed package: import the load test's helpers from this checkout.
 sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, make_url
 
 from alignment.export import export_rows, write_jsonl
 from alignment.store import Store
@@ -319,9 +323,40 @@ class FlatRun:
 FLAT_LABELS = ("lease + submit", "lease", "submit", "undo", "progress")
 
 
-def flat_cost(args: argparse.Namespace, work: Path, prompts: int) -> FlatRun:
-    """Public calls, one thread, on a store of `prompts` prompts with half of them complete."""
-    db = work / f"flat-{prompts}.db"
+@contextlib.contextmanager
+def flat_database(work: Path, prompts: int, server: str | None) -> Iterator[Path | str]:
+    """An empty database for the flat-cost part: an SQLite file in `work`, or a new database
+    on the PostgreSQL `server`; removed afterwards (the 1M one is about a gigabyte)."""
+    if server is None:
+        yield work / f"flat-{prompts}.db"
+        for path in work.glob(f"flat-{prompts}.db*"):
+            path.unlink()
+        return
+    name = f"bench_flat_{prompts}"
+    admin = create_engine(
+        make_url(server).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def flat_cost(
+    args: argparse.Namespace, work: Path, prompts: int, server: str | None = None
+) -> FlatRun:
+    """Public calls, one thread, on a store of `prompts` prompts with half of them complete
+    (SQLite, or PostgreSQL on `server`)."""
+    with flat_database(work, prompts, server) as db:
+        return measure_flat(args, db, prompts)
+
+
+def measure_flat(args: argparse.Namespace, db: Path | str, prompts: int) -> FlatRun:
     started = time.perf_counter()
     store = bulk_store(db, prompts, prompts // 2, PER_PROMPT, K)
     run = FlatRun(prompts, time.perf_counter() - started)
@@ -346,8 +381,6 @@ def flat_cost(args: argparse.Namespace, work: Path, prompts: int) -> FlatRun:
         store.submit_ranking(name, undone.lease.token, [1, 2, 3, 4], False, PER_PROMPT)
     run.load = load_average()
     store.close()
-    for path in work.glob(f"flat-{prompts}.db*"):
-        path.unlink()  # the 1M file is about a gigabyte
     return run
 
 
@@ -376,10 +409,10 @@ def export_bench(args: argparse.Namespace, work: Path) -> list[Timed]:
     return steps
 
 
-def print_flat(runs: list[FlatRun]) -> None:
+def print_flat(runs: list[FlatRun], database: str) -> None:
     print(
-        f"## Cost per call at {' and '.join(f'{r.prompts:,}' for r in runs)} prompts: half "
-        f"complete ({PER_PROMPT} rankings each), K={K}, public calls, one thread, synchronous=FULL"
+        f"## {database}: cost per call at {' and '.join(f'{r.prompts:,}' for r in runs)} prompts: "
+        f"half complete ({PER_PROMPT} rankings each), K={K}, public calls, one thread"
     )
     header = " | ".join(f"{label} p50 / p95 ms" for label in FLAT_LABELS)
     print(f"| prompts | build s | {header} | load avg after |")
@@ -412,6 +445,9 @@ def main() -> None:
     parser.add_argument("--answer-chars", type=int, default=300, help="length of each answer")
     parser.add_argument("--time-limit", type=float, default=150, help="seconds, per load run")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temp directory")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="also the flat-cost part on this PostgreSQL server"
+    )
     args = parser.parse_args()
     # Room for every client's rankings with PER_PROMPT annotators per prompt (the load test's 600
     # prompts unless more clients or rankings ask for more).
@@ -425,6 +461,9 @@ def main() -> None:
     split = store_load(args, work, time.monotonic() + args.time_limit, combined=False)
     combined = store_load(args, work, time.monotonic() + args.time_limit, combined=True)
     flat = [flat_cost(args, work, size) for size in args.sizes]
+    flat_postgres = (
+        [flat_cost(args, work, size, args.postgres) for size in args.sizes] if args.postgres else []
+    )
     export_steps = export_bench(args, work)
 
     total = time.perf_counter() - started
@@ -454,7 +493,10 @@ def main() -> None:
         "it; the store baselines time the store calls for one ranking (lease included)."
     )
     print()
-    print_flat(flat)
+    print_flat(flat, "SQLite (WAL, synchronous=FULL)")
+    if flat_postgres:
+        print()
+        print_flat(flat_postgres, "PostgreSQL (same machine, unix socket, fsync on)")
     print()
     print(f"## Export of {args.rankings} rankings (K={K}, no ties)")
     print("| step | rows | s | rows/s | file MB | load avg after |")

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
-from common import ROOT, Measured, machine, run_measured, threads_env, trainer_logs
+from common import ROOT, Measured, machine, run_measured, threads_env, tool, trainer_logs
 
 from alignment.config import ModelConfig
 from alignment.dpo import preference_rows
@@ -56,7 +56,7 @@ def evaluate(label: str, adapter: Path, work: Path, max_length: int, threads: in
     run_measured(
         f"{label}-eval",
         [
-            "align", "eval", "rm", str(adapter), "--data", str(DATA / "test.jsonl"),
+            tool("align"), "eval", "rm", str(adapter), "--data", str(DATA / "test.jsonl"),
             "--quantization", "4bit", "--max-length", str(max_length), "--out", str(out),
         ],
         env=threads_env(threads),
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--pairs", choices=["fitting", "all"], default="fitting")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each side")
     parser.add_argument("--only", choices=["align", "trl"], help="run one side (for tuning)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="more recipe keys for the align side"
+    )
     args = parser.parse_args()
 
     model_dir = resolve_model(ModelConfig())
@@ -100,16 +103,16 @@ def main() -> None:
 
     shared = {"steps": args.steps, "bs": args.batch_size, "len": args.max_length, "lr": args.lr}
     align = [
-        "align", "rm", str(ROOT / "recipes" / "hh-harmless.yaml"), f"run_dir={work / 'align'}",
+        tool("align"), "rm", str(ROOT / "recipes" / "hh-harmless.yaml"), f"run_dir={work / 'align'}",
         f"rm.data={train_file}", "rm.format=trl",
         f"rm.max_steps={args.steps}", f"rm.batch_size={args.batch_size}",
         f"rm.max_length={args.max_length}", f"rm.learning_rate={args.lr}",
         "rm.lr_scheduler=linear", "rm.warmup_ratio=0.03", "rm.eval_data=null",
         "rm.eval_fraction=0", f"rm.save_steps={args.steps * 10}", f"lora.r={args.r}",
-        f"lora.alpha={2 * args.r}", f"model.dtype={args.dtype}",
+        f"lora.alpha={2 * args.r}", f"model.dtype={args.dtype}", *args.overrides,
     ]  # fmt: skip
     trl = [
-        "trl", "reward", "--model_name_or_path", model_dir, "--dataset_name", str(work / "data"),
+        tool("trl"), "reward", "--model_name_or_path", model_dir, "--dataset_name", str(work / "data"),
         "--output_dir", str(work / "trl"), "--use_peft", "--lora_task_type", "SEQ_CLS",
         "--lora_r", str(args.r), "--lora_alpha", str(2 * args.r), "--lora_dropout", "0.05",
         "--lora_target_modules", "all-linear", "--load_in_4bit", "--bnb_4bit_quant_type", "nf4",
@@ -128,7 +131,8 @@ def main() -> None:
         run = run_measured(f"rm-{label}", command, env=threads_env(args.threads))
         report = evaluate(label, adapter, work, args.max_length, args.threads)
         print(
-            f"{label}: accuracy {report['accuracy']:.3f}, train {train_seconds(run):.0f} s, "
+            f"{label}: accuracy {report['accuracy']:.3f} (preferred longer "
+            f"{report['preferred_longer_accuracy']:.3f}), train {train_seconds(run):.0f} s, "
             f"wall {run.wall_seconds:.0f} s, peak RSS {run.peak_rss_mib:.0f} MiB",
             flush=True,
         )
@@ -146,11 +150,16 @@ def main() -> None:
         f"average {load:.1f} at the start. Train: {len(rows)} pairs (--pairs {args.pairs}; {fits} fit in max_length, TRL drops the "
         f"rest). Test: {results[next(iter(results))][1]['pairs']} pairs.\n"
     )
-    print("| run | test accuracy | mean margin | train s | process wall s | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(
+        "| run | test accuracy [95% CI] | preferred longer | mean margin | train s | "
+        "process wall s | peak RSS MiB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, (run, report) in results.items():
+        interval = report["accuracy_interval"]
         print(
-            f"| {label} | {report['accuracy']:.3f} | {report['mean_margin']:.3f} | "
+            f"| {label} | {report['accuracy']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}] "
+            f"| {report['preferred_longer_accuracy']:.3f} | {report['mean_margin']:.3f} | "
             f"{train_seconds(run):.0f} | {run.wall_seconds:.0f} | {run.peak_rss_mib:.0f} |"
         )
     if len(results) == 2:
@@ -171,6 +180,10 @@ def main() -> None:
                 f"- {mine['bucket']}: {mine['accuracy']:.3f} | {other['accuracy']:.3f} "
                 f"({mine['pairs']} pairs)"
             )
+    some_report = next(iter(results.values()))[1]
+    print(
+        f"\nLength baseline, the rule 'the shorter answer wins': {some_report['shorter_wins_accuracy']:.3f}"
+    )
     print(f"\nwork directory: {work}")
     sys.stdout.flush()
 

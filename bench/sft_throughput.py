@@ -31,6 +31,7 @@ from common import (
     probe_env,
     probe_reports,
     run_measured,
+    tool,
     trainer_logs,
 )
 
@@ -104,7 +105,7 @@ def main() -> None:
 
     common = {"lr": 3e-4, "r": 16, "alpha": 32}
     align = [
-        "align", "sft", str(ROOT / "recipes" / "quickstart.yaml"), f"sft.data={data}",
+        tool("align"), "sft", str(ROOT / "recipes" / "quickstart.yaml"), f"sft.data={data}",
         f"model.quantization={args.quantization}", "sft.epochs=1", "sft.max_steps=-1",
         f"sft.batch_size={args.batch_size}", f"sft.max_length={args.max_length}",
         f"sft.learning_rate={common['lr']}", "sft.eval_fraction=0", "sft.logging_steps=5",
@@ -112,7 +113,7 @@ def main() -> None:
         f"lora.r={common['r']}", f"lora.alpha={common['alpha']}",
     ]  # fmt: skip
     trl = [
-        "trl", "sft", "--model_name_or_path", model_dir, "--dataset_name", str(work / "data"),
+        tool("trl"), "sft", "--model_name_or_path", model_dir, "--dataset_name", str(work / "data"),
         "--output_dir", str(work / "trl"), "--use_peft", "--lora_r", str(common["r"]),
         "--lora_alpha", str(common["alpha"]), "--lora_dropout", "0.05",
         "--lora_target_modules", "all-linear", "--num_train_epochs", "1",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres_support import Cluster, skip_or_fail_without_postgres, throwaway_cluster
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -98,6 +101,18 @@ def demo_rows(count: int, short: bool = False) -> list[dict]:
     return [{"messages": turns(i)} for i in range(count)]
 
 
+def preference_rows(count: int, short: bool = False) -> list[dict]:
+    """TRL explicit-prompt pairs: demo_rows' answer chosen over "The quick brown fox."."""
+    return [
+        {
+            "prompt": row["messages"][:1],
+            "chosen": row["messages"][1:],
+            "rejected": [{"role": "assistant", "content": "The quick brown fox."}],
+        }
+        for row in demo_rows(count, short)
+    ]
+
+
 @pytest.fixture
 def demos_file(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "demos.jsonl", demo_rows(24))
@@ -128,3 +143,19 @@ sft:
 """
     )
     return recipe
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL server for the session (tests/postgres_support.py)."""
+    skip_or_fail_without_postgres()
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty ranking database of each kind: an SQLite file path or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rankings.db")
+    return request.getfixturevalue("postgres_cluster").new_database()

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 import httpx
 from alignment.ui.annotators import Annotator, hash_password, save_annotators
+from sqlalchemy import text
 
-from alignment.store import NewCandidate, Store, display_order, prompt_key
+from alignment.store import NewCandidate, Store, display_order, prompt_key, queueing
 
 if TYPE_CHECKING:
     from alignment.ui.service import RankingService
@@ -36,12 +37,13 @@ def user_prompt(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def fill_store(path: Path, prompts: list[tuple[str, list[str]]]) -> Store:
-    """A store whose prompt i+1 is prompts[i] with the given candidate texts (positions 0..K-1)."""
-    store = Store(path)
-    for number, (text, answers) in enumerate(prompts, start=1):
+def fill_store(target: Path | str, prompts: list[tuple[str, list[str]]]) -> Store:
+    """A store (an SQLite path or a PostgreSQL URL) whose prompt i+1 is prompts[i] with the given
+    candidate texts (positions 0..K-1)."""
+    store = Store(target)
+    for number, (question, answers) in enumerate(prompts, start=1):
         store.add_sampled(
-            user_prompt(text),
+            user_prompt(question),
             [
                 NewCandidate(answer, "tiny-test-model", SETTINGS, seed=number * 100 + i)
                 for i, answer in enumerate(answers)
@@ -61,7 +63,7 @@ def answer_text(prompt: int, position: int, chars: int) -> str:
 
 
 def bulk_store(
-    path: Path,
+    target: Path | str,
     prompts: int,
     complete: int,
     per_prompt: int = 2,
@@ -70,52 +72,96 @@ def bulk_store(
     answer_chars: int = 0,
     chunk: int = 50_000,
 ) -> Store:
-    """A big store, built fast: `prompts` prompts of K answers (`answer_text`), the first
-    `complete` of them ranked by `per_prompt` of the annotators `annotator00`, `annotator01`, ...
-    each. Rows go in by bulk inserts, `chunk` prompts per transaction, with `synchronous=OFF` on
-    the building connection; the store's triggers keep the queue as they do for any write."""
+    """A big store (an SQLite path or a PostgreSQL URL), built fast: `prompts` prompts of K
+    answers (`answer_text`), the first `complete` of them ranked by `per_prompt` of the
+    annotators `annotator00`, `annotator01`, ... each. Rows go in by bulk inserts, `chunk`
+    prompts per transaction, then the queue tables are computed once (`queueing.rebuild`)."""
     names = [f"annotator{i:02d}" for i in range(annotators)]
-    store = Store(path)
+    store = Store(target)
     store.sync_annotators([(name, "annotator") for name in names])
-    conn = store._conn()
-    conn.execute("PRAGMA synchronous = OFF")  # a throwaway build: durability is not the point
-    ids = dict(conn.execute("SELECT name, id FROM annotators").fetchall())
+    with store.database.read() as conn:
+        ids = dict(conn.execute(text("SELECT name, id FROM annotators")).all())
     settings = json.dumps(SETTINGS, sort_keys=True)
     for first in range(1, prompts + 1, chunk):
         numbers = range(first, min(first + chunk, prompts + 1))
-        with store._write() as write:
-            write.executemany(
-                "INSERT INTO prompts (id, key, messages, source, created_at) VALUES (?, ?, ?, ?, 0)",
-                (
-                    (n, prompt_key(user_prompt(f"q{n}")), json.dumps(user_prompt(f"q{n}")), None)
-                    for n in numbers
+        ranked = [(n, j) for n in numbers if n <= complete for j in range(per_prompt)]
+        with store.database.write() as write:
+            write.execute(
+                text(
+                    "INSERT INTO prompts (id, key, messages, source, created_at) "
+                    "VALUES (:id, :key, :messages, NULL, 0)"
                 ),
+                [
+                    {
+                        "id": n,
+                        "key": prompt_key(user_prompt(f"q{n}")),
+                        "messages": json.dumps(user_prompt(f"q{n}")),
+                    }
+                    for n in numbers
+                ],
             )
-            write.executemany(
-                "INSERT INTO candidates (id, prompt_id, position, text, model, settings, seed, "
-                "created_at) VALUES (?, ?, ?, ?, 'bulk-model', ?, ?, 0)",
-                (
-                    (n * k + j, n, j, answer_text(n, j, answer_chars), settings, j)
+            write.execute(
+                text(
+                    "INSERT INTO candidates (id, prompt_id, position, text, model, settings, seed, "
+                    "created_at) VALUES (:id, :p, :j, :text, 'bulk-model', :settings, :j, 0)"
+                ),
+                [
+                    {
+                        "id": n * k + j,
+                        "p": n,
+                        "j": j,
+                        "text": answer_text(n, j, answer_chars),
+                        "settings": settings,
+                    }
                     for n in numbers
                     for j in range(k)
+                ],
+            )
+            if not ranked:
+                continue
+            write.execute(
+                text(
+                    "INSERT INTO rankings (id, prompt_id, annotator_id, tie, created_at) "
+                    "VALUES (:id, :p, :a, 0, :p)"
                 ),
+                [
+                    {"id": n * per_prompt + j, "p": n, "a": ids[names[(n + j) % annotators]]}
+                    for n, j in ranked
+                ],
             )
-            ranked = [(n, j) for n in numbers if n <= complete for j in range(per_prompt)]
-            write.executemany(
-                "INSERT INTO rankings (id, prompt_id, annotator_id, tie, created_at) "
-                "VALUES (?, ?, ?, 0, ?)",
-                ((n * per_prompt + j, n, ids[names[(n + j) % annotators]], n) for n, j in ranked),
-            )
-            write.executemany(
-                "INSERT INTO ranking_items (ranking_id, candidate_id, rank) VALUES (?, ?, ?)",
-                (
-                    (n * per_prompt + j, n * k + c, (c + n + j) % k + 1)
+            write.execute(
+                text(
+                    "INSERT INTO ranking_items (ranking_id, candidate_id, rank) "
+                    "VALUES (:r, :c, :rank)"
+                ),
+                [
+                    {"r": n * per_prompt + j, "c": n * k + c, "rank": (c + n + j) % k + 1}
                     for n, j in ranked
                     for c in range(k)
-                ),
+                ],
             )
-    conn.execute("PRAGMA synchronous = FULL")
+    with store.database.write() as write:
+        queueing.rebuild(write)
+        if store.database.dialect == "postgresql":  # ids were given: move the sequences on
+            for table in ("prompts", "candidates", "rankings"):
+                write.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                        f"(SELECT max(id) FROM {table}))"
+                    )
+                )
+    if store.database.dialect == "postgresql":
+        # As a database in use would be: planner statistics and the visibility map up to date,
+        # rather than autovacuum catching up on the bulk load while it is measured.
+        with store.database.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
     return store
+
+
+def sql(store: Store, query: str, params: dict | None = None) -> list[tuple]:
+    """Rows of a read-only query on the store's database, as plain tuples."""
+    with store.database.read() as conn:
+        return [tuple(row) for row in conn.execute(text(query), params or {})]
 
 
 class Clock:
@@ -128,7 +174,7 @@ class Clock:
         return self.now
 
 
-def annotated_store(path: Path, clock: Clock) -> Store:
+def annotated_store(path: Path | str, clock: Clock) -> Store:
     """Prompts p1 and p2 with four answers, p3 with three; annotators alice and bob, admin carol;
     time from `clock`."""
     store = fill_store(
@@ -149,7 +195,7 @@ def by_position(name: str, prompt_id: int, ranks_by_position: list[int]) -> list
     return [ranks_by_position[p] for p in display_order(name, prompt_id, len(ranks_by_position))]
 
 
-def ranked_store(path: Path) -> Store:
+def ranked_store(path: Path | str) -> Store:
     """An annotated_store whose prompt 1 is ranked by alice (with a tie) and bob, and prompt 2 by
     alice only, one second apart."""
     clock = Clock()
@@ -251,7 +297,7 @@ def served_apps(root: Path) -> Iterator[Serve]:
 
 
 def spawn_server(
-    db: Path, annotators: Path, port: int, log: Path, per_prompt: int = 2
+    db: Path | str, annotators: Path, port: int, log: Path, per_prompt: int = 2
 ) -> subprocess.Popen:
     """`align ui` as a real separate process (so it can be SIGKILLed); not yet serving."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -274,7 +320,7 @@ def spawn_server(
 
 
 def start_server(
-    db: Path, annotators: Path, port: int, log: Path, per_prompt: int = 2
+    db: Path | str, annotators: Path, port: int, log: Path, per_prompt: int = 2
 ) -> subprocess.Popen:
     process = spawn_server(db, annotators, port, log, per_prompt)
     wait_until_serving(f"http://127.0.0.1:{port}/", process)

@@ -10,9 +10,10 @@ import sys
 import pytest
 
 from alignment.chain import run_chain
+from alignment.cli import main
 from alignment.config import load_recipe
 from alignment.errors import RecipeError, RunStateError
-from alignment.store import Store
+from alignment.store import AB_EVALUATION, Store
 from tests.conftest import ROOT
 
 
@@ -55,6 +56,20 @@ def test_whole_chain_runs_skips_finished_stages_redoes_stale_ones_and_reports(ch
         r"(?:src|href)=[\"']?(?:https?:)?//", html
     )  # readable offline: nothing fetched
     assert (run / "report.md").is_file()
+
+    # Human A/B evaluation: blind pairs into a store of their own; verdicts come back as a win
+    # rate in eval.json and the report.
+    main(["eval", str(chain_recipe), "--with", "humans"])
+    humans = Store(run / "eval" / "humans.db")
+    assert humans.prompts_from(AB_EVALUATION) == 4
+    humans.sync_annotators([("ann", "annotator")])
+    while (lease := humans.lease("ann")) is not None:
+        humans.submit_ranking("ann", lease.token, [1, 2])  # A better, whichever side A is
+    main(["eval", str(chain_recipe), "--with", "humans"])
+    human = json.loads((run / "eval" / "eval.json").read_text())["human"]
+    assert human["judgements"] == 4 and sum(human["verdicts"].values()) == 4
+    assert human["per_annotator"]["ann"]["judgements"] == 4
+    assert "human win rate of ppo over SFT" in (run / "report.md").read_text()
 
     # A rerun skips every finished stage; sample and rank find nothing left to do.
     assert run_chain(recipe) == ["sample", "rank", "report"]

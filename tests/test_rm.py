@@ -23,6 +23,7 @@ from alignment.reward import (
     load_reward_model,
     score,
 )
+from alignment.reward.encoding import EncodedComparison, length_balanced
 from alignment.reward.scoring import batch_scores, sequence_scores
 from alignment.rm import _load_sft_weights, comparison_loss, run_rm
 from alignment.sft import run_sft
@@ -409,3 +410,18 @@ def test_hh_recipe_on_real_smollm2_and_human_data(tmp_path):
         atol=0,
         rtol=0,
     )
+
+
+def test_length_balance_makes_length_uninformative_under_the_weights():
+    def row(better_len, worse_len):
+        return EncodedComparison([1], [[2] * better_len, [3] * worse_len], [0], [1], 0.0, 0)
+
+    # Shorter preferred in 3 of 4 unequal pairs, plus one pair of equal lengths.
+    rows = [row(2, 5), row(3, 6), row(1, 4), row(7, 2), row(3, 3)]
+    balanced = length_balanced(rows)
+    weights = [r.pair_weights[0] for r in balanced]
+    assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0, 1.0])
+    assert sum(weights[:3]) == pytest.approx(weights[3])  # shorter and longer weigh the same
+    batch = ComparisonCollator(pad_token_id=0)(balanced)
+    assert batch["pair_weight"].tolist() == pytest.approx([w / 5 for w in weights])
+    assert length_balanced(rows[:3]) == rows[:3]  # one direction only: nothing to balance

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import text
 
 from alignment.cli import main
 from alignment.generation import (
@@ -157,12 +158,14 @@ def prompts_file(path: Path, count: int) -> Path:
 
 
 def candidates(db: Path) -> list[dict]:
-    conn = Store(db)._conn()
-    rows = conn.execute(
-        "SELECT p.source, c.* FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
-        "ORDER BY c.prompt_id, c.position"
-    )
-    return [dict(row) for row in rows]
+    with Store(db).database.read() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT p.source, c.* FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
+                "ORDER BY c.prompt_id, c.position"
+            )
+        )
+        return [dict(row._mapping) for row in rows]
 
 
 def test_align_sample_stores_k_candidates_with_their_provenance_and_resumes(

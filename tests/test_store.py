@@ -1,15 +1,21 @@
-"""The ranking store on real SQLite files: schema, pragmas, leases, submissions, undo."""
+"""The ranking store on real databases, SQLite files and a PostgreSQL server (the `database`
+fixture runs each test on both): schema, pragmas, leases, submissions, undo."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
+from sqlalchemy import inspect, text
 
-from alignment.errors import AlignmentError
+from alignment.errors import AlignmentError, describe_file_system_failure
 from alignment.store import (
     LeaseError,
     NewCandidate,
@@ -18,11 +24,14 @@ from alignment.store import (
     SubmissionError,
     UnknownAnnotatorError,
     check_ranks,
-    connection,
     display_order,
     schema,
+    schema_history,
 )
-from tests.ranking_support import Clock, annotated_store, fill_store, user_prompt
+from tests import test_cli_errors
+from tests.ranking_support import Clock, annotated_store, fill_store, sql, user_prompt
+
+small_file_system = test_cli_errors.small_file_system  # the tmpfs fixture, shared
 
 
 @pytest.fixture
@@ -31,32 +40,65 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path, clock: Clock) -> Store:
-    return annotated_store(tmp_path / "rankings.db", clock)
+def db(database: str, clock: Clock) -> Iterator[Store]:
+    store = annotated_store(database, clock)
+    yield store
+    store.close()
 
 
-def assert_store_pragmas(conn: sqlite3.Connection) -> None:
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+def refused_write(store: Store, statement: str, params: dict | None = None) -> str:
+    """The database's refusal of `statement` (its own transaction, rolled back), as text."""
+    with pytest.raises(sqlalchemy.exc.IntegrityError) as refused, store.database.write() as conn:
+        conn.execute(text(statement), params or {})
+    return str(refused.value.orig)
 
 
-def test_new_file_has_schema_wal_and_foreign_keys(db: Store) -> None:
-    assert db.schema_version() == len(schema.MIGRATIONS) == schema.SCHEMA_VERSION
-    conn = db._conn()
-    assert_store_pragmas(conn)
-    assert db.integrity_check() == "ok"
-    with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
-        conn.execute(
-            "INSERT INTO skips (prompt_id, annotator_id, reason, created_at) VALUES (99, 1, 'x', 0)"
-        )
+def assert_store_pragmas(conn: sqlalchemy.Connection) -> None:
+    def pragma(name: str) -> object:
+        return conn.exec_driver_sql(f"PRAGMA {name}").scalar_one()
+
+    assert pragma("journal_mode") == "wal"
+    assert pragma("foreign_keys") == 1
+    assert pragma("synchronous") == 2  # FULL
+    assert pragma("busy_timeout") == 30_000
+
+
+def test_new_database_has_schema_and_foreign_keys(db: Store) -> None:
+    assert db.schema_version() == schema.CREATED_VERSION == schema.SCHEMA_VERSION
+    if db.database.dialect == "sqlite":
+        with db.database.read() as conn:
+            assert_store_pragmas(conn)
+        assert db.integrity_check() == "ok"
+    refusal = refused_write(
+        db,
+        "INSERT INTO skips (prompt_id, annotator_id, reason, created_at) VALUES (99, 1, 'x', 0)",
+    )
+    assert "foreign key" in refusal.lower()
+
+
+def test_every_connection_has_the_pragmas(tmp_path: Path) -> None:
+    """Each thread's pooled connection, not just the first, has WAL, foreign keys, FULL sync."""
+    store = Store(tmp_path / "r.db")
+    barrier = threading.Barrier(4)
+    seen: list[bool] = []
+
+    def check() -> None:
+        with store.database.read() as conn:
+            barrier.wait(timeout=30)  # four connections open at once
+            assert_store_pragmas(conn)
+            seen.append(True)
+
+    threads = [threading.Thread(target=check) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert seen == [True] * 4
 
 
 def test_saved_rows_can_be_neither_updated_nor_deleted(db: Store) -> None:
     lease = db.lease("alice")
     db.submit_ranking("alice", lease.token, [1, 2, 3, 4])
-    conn = db._conn()
     for statement in (
         "UPDATE rankings SET tie = 1",
         "DELETE FROM rankings",
@@ -64,35 +106,73 @@ def test_saved_rows_can_be_neither_updated_nor_deleted(db: Store) -> None:
         "UPDATE candidates SET text = 'changed'",
         "DELETE FROM prompts",
     ):
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-            conn.execute(statement)
+        assert "append-only" in refused_write(db, statement)
+    if db.database.dialect == "postgresql":
+        assert "append-only" in refused_write(db, "TRUNCATE rankings CASCADE")
     assert db.counts()["rankings"] == 1
 
 
-def test_migrations_upgrade_an_old_file_in_one_step_and_refuse_newer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_migrations_upgrade_in_one_step_and_refuse_newer(
+    database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "old.db"
-    fill_store(path, [("p", ["x", "y"])]).close()
+    fill_store(database, [("p", ["x", "y"])]).close()
     extra = [
         "ALTER TABLE prompts ADD COLUMN note TEXT",
         "CREATE INDEX prompts_note ON prompts(note)",
     ]
-    known = len(schema.MIGRATIONS)
+    known = schema.SCHEMA_VERSION
     monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, extra])
-    upgraded = Store(path)
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", known + 1)
+    upgraded = Store(database)
     assert upgraded.schema_version() == known + 1
-    assert "note" in [r[1] for r in upgraded._conn().execute("PRAGMA table_info(prompts)")]
+    with upgraded.database.read() as conn:
+        assert "note" in [c["name"] for c in inspect(conn).get_columns("prompts")]
     assert len(upgraded.candidates(1)) == 2  # data kept
     upgraded.close()
-    # A migration that fails leaves the file at its old version, untouched.
-    broken = [*schema.MIGRATIONS, extra, ["ALTER TABLE prompts ADD COLUMN x", "NOT SQL"]]
+    # A migration that fails leaves the database at its old version, untouched.
+    broken = [*schema.MIGRATIONS, ["ALTER TABLE prompts ADD COLUMN x TEXT", "NOT SQL"]]
     monkeypatch.setattr(schema, "MIGRATIONS", broken)
-    with pytest.raises(sqlite3.OperationalError):
-        Store(path)
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:known])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", known + 2)
+    with pytest.raises(sqlalchemy.exc.DBAPIError):
+        Store(database)
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:-2])
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", known)
     with pytest.raises(StoreError, match=f"schema version {known + 1} is newer"):
-        Store(path)
+        Store(database)
+
+
+def schema_names(store: Store) -> dict[str, object]:
+    """Tables with their columns, indexes, views and triggers: what makes up a schema."""
+    with store.database.read() as conn:
+        found = inspect(conn)
+        tables = {
+            table: (
+                sorted(c["name"] for c in found.get_columns(table)),
+                sorted(str(i["name"]) for i in found.get_indexes(table)),
+            )
+            for table in found.get_table_names()
+        }
+        triggers = sorted(
+            conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).scalars()
+        )
+        return {"tables": tables, "views": sorted(found.get_view_names()), "triggers": triggers}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_sqlite_file_upgrades_to_the_schema_of_a_new_one(
+    tmp_path: Path, version: int
+) -> None:
+    old = tmp_path / f"v{version}.db"
+    conn = sqlite3.connect(old)
+    for statements in schema_history.SQLITE_HISTORY[:version]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.commit()
+    conn.close()
+    upgraded = Store(old)
+    assert upgraded.schema_version() == schema.SCHEMA_VERSION
+    assert schema_names(upgraded) == schema_names(Store(tmp_path / "new.db"))
 
 
 def test_foreign_or_broken_files_are_refused(tmp_path: Path) -> None:
@@ -102,15 +182,74 @@ def test_foreign_or_broken_files_are_refused(tmp_path: Path) -> None:
         Store(other)
     junk = tmp_path / "junk.db"
     junk.write_text("this is not sqlite " * 100)
-    with pytest.raises(StoreError, match=r"junk\.db"):
+    with pytest.raises(StoreError, match=r"junk\.db: not a usable SQLite database"):
         Store(junk)
+    with pytest.raises(StoreError, match="is a directory"):
+        Store(tmp_path)
 
 
-def test_candidates_keep_model_adapter_settings_seed_and_any_text(tmp_path: Path) -> None:
-    store = Store(tmp_path / "r.db")
-    weird = (
-        "naïve café 日本語 עברית العربية 🙂👩‍👩‍👧 \u0000 nul \r\n crlf \u202e rtl " + "x" * 300_000
+def test_a_foreign_postgres_database_is_refused(postgres_cluster) -> None:
+    url = postgres_cluster.new_database()
+    engine = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x int)"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="not a ranking store"):
+        Store(url)
+
+
+def align(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "alignment.cli", *args], capture_output=True, text=True, timeout=120
     )
+
+
+def test_unreachable_postgres_is_one_line_naming_the_host(postgres_cluster) -> None:
+    # Port 9 on the loopback: nothing listens there; the password is never shown.
+    done = align("agreement", "--db", "postgresql://bob:hunter2@127.0.0.1:9/rankings")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("error: postgresql://bob:***@127.0.0.1:9/rankings: cannot connect to ")
+    assert "PostgreSQL at 127.0.0.1 (" in line and "hunter2" not in line
+
+
+def test_postgres_without_psycopg_names_the_extra(tmp_path: Path) -> None:
+    # A Python where psycopg cannot be imported (a None entry in sys.modules refuses it).
+    script = (
+        "import sys; sys.modules['psycopg'] = None; from alignment.cli import main; "
+        "main(['agreement', '--db', 'postgresql://u@db.example/rankings'])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "error: postgresql://u@db.example/rankings: PostgreSQL needs the psycopg driver; "
+        "install it with: pip install 'alignment[postgres]'"
+    )
+
+
+def test_a_full_disk_is_one_line_naming_the_file(small_file_system) -> None:
+    path = small_file_system("200k") / "rankings.db"
+    store = Store(path)
+    with pytest.raises(sqlalchemy.exc.OperationalError) as failed:
+        for i in range(1000):
+            store.add_sampled(user_prompt(f"q{i}"), [NewCandidate("x" * 2000, "m", {})])
+    assert describe_file_system_failure(failed.value) == (
+        f"cannot write {path}: disk full (No space left on device)",
+        28,
+    )
+    store.close()
+
+
+def test_other_database_urls_are_refused() -> None:
+    with pytest.raises(StoreError, match="unsupported database 'mysql'"):
+        Store("mysql://u@host/db")
+
+
+def test_candidates_keep_model_adapter_settings_seed_and_any_text(database: str) -> None:
+    store = Store(database)
+    # PostgreSQL text cannot hold NUL; that refusal is tested below.
+    nul = " \u0000 nul" if store.database.dialect == "sqlite" else ""
+    weird = f"naïve café 日本語 עברית العربية 🙂👩‍👩‍👧{nul} \r\n crlf \u202e rtl " + "x" * 300_000
     prompt_id = store.add_sampled(
         user_prompt("unicode ✓"),
         [
@@ -127,6 +266,15 @@ def test_candidates_keep_model_adapter_settings_seed_and_any_text(tmp_path: Path
     # A prompt that already has candidates is not sampled again.
     assert store.add_sampled(user_prompt("unicode ✓"), [NewCandidate("z", "m", {})]) is None
     assert len(store.candidates(prompt_id)) == 2
+    store.close()
+
+
+def test_postgres_refuses_nul_in_text_with_a_clear_error(postgres_cluster) -> None:
+    store = Store(postgres_cluster.new_database())
+    with pytest.raises(StoreError, match=r"PostgreSQL cannot store the NUL character"):
+        store.add_sampled(user_prompt("p"), [NewCandidate("a\u0000b", "m", {})])
+    assert store.counts()["prompts"] == 0  # nothing half-stored
+    store.close()
 
 
 @pytest.mark.parametrize(
@@ -246,16 +394,16 @@ def test_undo_retracts_and_resubmission_supersedes(db: Store, clock: Clock) -> N
     assert (undone.kind, undone.row_id, undone.prompt_id) == ("ranking", first, 1)
     assert undone.lease.previous_ranks == [1, 2, 2, 3]
     second = db.submit_ranking("alice", undone.lease.token, [4, 3, 2, 1])
-    rows = db._conn().execute("SELECT id, supersedes FROM rankings ORDER BY id").fetchall()
-    assert [tuple(r) for r in rows] == [(first, None), (second, first)]
-    retracted = db._conn().execute("SELECT ranking_id, skip_id FROM retractions ORDER BY id")
-    assert [tuple(r) for r in retracted] == [(None, skip_id), (first, None)]
+    rows = sql(db, "SELECT id, supersedes FROM rankings ORDER BY id")
+    assert rows == [(first, None), (second, first)]
+    retracted = sql(db, "SELECT ranking_id, skip_id FROM retractions ORDER BY id")
+    assert retracted == [(None, skip_id), (first, None)]
     current = list(db.current_rankings())
     assert [r.ranking_id for r in current] == [second]
     assert db.counts()["rankings"] == 2  # the old ranking is still there, only not current
 
 
-def test_concurrent_annotators_never_double_a_slot(db: Store, tmp_path: Path) -> None:
+def test_concurrent_annotators_never_double_a_slot(db: Store, database: str) -> None:
     names = [f"worker{i}" for i in range(8)]
     db.sync_annotators([(n, "annotator") for n in names])
     for i in range(4, 30):
@@ -266,7 +414,7 @@ def test_concurrent_annotators_never_double_a_slot(db: Store, tmp_path: Path) ->
 
     def work(name: str) -> None:
         try:
-            own = Store(db.path)
+            own = Store(database)
             for _ in range(5):
                 lease = own.lease(name, per_prompt=2)
                 ranks = list(range(1, len(lease.texts) + 1))
@@ -283,32 +431,26 @@ def test_concurrent_annotators_never_double_a_slot(db: Store, tmp_path: Path) ->
         t.join(timeout=60)
     assert not errors
     assert len(acknowledged) == 40
-    per_prompt = db._conn().execute(
-        "SELECT prompt_id, count(*), count(DISTINCT annotator_id) FROM rankings GROUP BY prompt_id"
+    per_prompt = sql(
+        db,
+        "SELECT prompt_id, count(*), count(DISTINCT annotator_id) FROM rankings GROUP BY prompt_id",
     )
     assert all(count <= 2 and count == distinct for _, count, distinct in per_prompt)
-    stored = {row[0] for row in db._conn().execute("SELECT id FROM rankings")}
+    stored = {row[0] for row in sql(db, "SELECT id FROM rankings")}
     assert stored == {r for _, _, r in acknowledged}
 
 
-def test_current_rankings_read_through_a_connection_with_the_pragmas(
-    db: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    lease = db.lease("alice")
-    db.submit_ranking("alice", lease.token, [1, 2, 3, 4])
-    opened: list[sqlite3.Connection] = []
-    connect = connection.connect
-
-    def recording_connect(path: Path) -> sqlite3.Connection:
-        opened.append(connect(path))
-        return opened[-1]
-
-    monkeypatch.setattr(connection, "connect", recording_connect)
+def test_current_rankings_read_one_snapshot_while_the_caller_writes(db: Store) -> None:
+    for name in ("alice", "bob"):
+        lease = db.lease(name, per_prompt=2)
+        db.submit_ranking(name, lease.token, [1, 2, 3, 4], per_prompt=2)
     rankings = db.current_rankings()
-    assert next(rankings).ranking_id == 1
-    [snapshot] = opened  # a connection of its own, opened by the one function that sets pragmas
-    assert_store_pragmas(snapshot)
-    rankings.close()
+    first = next(rankings)
+    # Writes meanwhile (on this thread) neither block nor show up in the iteration.
+    lease = db.lease("carol", per_prompt=2)
+    db.submit_ranking("carol", lease.token, [4, 3, 2, 1], per_prompt=2)
+    assert [first.ranking_id, *(r.ranking_id for r in rankings)] == [1, 2]
+    assert [r.ranking_id for r in db.current_rankings()] == [1, 2, 3]
 
 
 def test_errors_are_user_errors() -> None:

@@ -1,7 +1,7 @@
-"""The queue on real SQLite files: the tables the triggers keep always agree with the rankings,
-skips and leases they summarise; a lease picks the prompt the plain definition picks; and lease,
-submit, undo and progress do the same work at 20,000 prompts as at 1,000 (counted in SQLite
-virtual-machine steps, never in time)."""
+"""The queue on real databases (SQLite and PostgreSQL): the tables `queueing` keeps always agree
+with the rankings, skips and leases they summarise; a lease picks the prompt the plain definition
+picks; and lease, submit, undo and progress do the same work at 20,000 prompts as at 1,000
+(counted in SQLite virtual-machine steps, never in time)."""
 
 from __future__ import annotations
 
@@ -13,15 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import sqlalchemy
+from sqlalchemy import event, text
 
-from alignment.store import (
-    NewCandidate,
-    Store,
-    SubmissionError,
-    schema,
-)
+from alignment.store import NewCandidate, Store, SubmissionError, schema, schema_history
 from alignment.store.annotators import annotator_id
-from tests.ranking_support import Clock, bulk_store, fill_store, user_prompt
+from tests.ranking_support import Clock, bulk_store, fill_store, sql, user_prompt
 
 NAMES = ["alice", "bob", "carol", "dave"]
 
@@ -44,13 +41,9 @@ PLAIN_AVAILABLE = """
 
 
 def plainly_available(store: Store, name: str, n: int) -> list[int]:
-    conn = store._conn()
-    params = {"a": annotator_id(conn, name), "now": store.clock(), "n": n}
-    return [row[0] for row in conn.execute(PLAIN_AVAILABLE, params)]
-
-
-def rows(conn: sqlite3.Connection, sql: str) -> list[tuple]:
-    return [tuple(row) for row in conn.execute(sql)]
+    with store.database.read() as conn:
+        params = {"a": annotator_id(conn, name), "now": store.clock(), "n": n}
+        return list(conn.execute(text(PLAIN_AVAILABLE), params).scalars())
 
 
 # What each queue table should hold, recomputed from the tables it summarises.
@@ -64,40 +57,41 @@ DONE = (
 )
 
 
-def assert_queue_agrees(conn: sqlite3.Connection) -> None:
+def assert_queue_agrees(store: Store) -> None:
     """Every queue table equals what it summarises, recomputed from scratch."""
-    ranked, done = dict(rows(conn, RANKED)), set(rows(conn, DONE))
-    assert dict(rows(conn, "SELECT prompt_id, ranked FROM queue")) == ranked
-    sizes = rows(conn, "SELECT ranked, prompts FROM queue_sizes WHERE prompts > 0")
+    ranked, done = dict(sql(store, RANKED)), set(sql(store, DONE))
+    assert dict(sql(store, "SELECT prompt_id, ranked FROM queue")) == ranked
+    sizes = sql(store, "SELECT ranked, prompts FROM queue_sizes WHERE prompts > 0")
     assert dict(sizes) == Counter(ranked.values())
-    assert set(rows(conn, "SELECT annotator_id, prompt_id FROM queue_done")) == done
-    done_sizes = rows(
-        conn, "SELECT annotator_id, ranked, prompts FROM done_sizes WHERE prompts > 0"
+    assert set(sql(store, "SELECT annotator_id, prompt_id FROM queue_done")) == done
+    done_sizes = sql(
+        store, "SELECT annotator_id, ranked, prompts FROM done_sizes WHERE prompts > 0"
     )
     assert {(a, r): n for a, r, n in done_sizes} == Counter((a, ranked[p]) for a, p in done)
     # Below each cursor: done, full for that N, or listed as possibly free again.
-    reopened = set(rows(conn, "SELECT annotator_id, per_prompt, prompt_id FROM queue_reopened"))
-    cursors = rows(conn, "SELECT annotator_id, per_prompt, next_prompt FROM queue_cursors")
+    reopened = set(sql(store, "SELECT annotator_id, per_prompt, prompt_id FROM queue_reopened"))
+    cursors = sql(store, "SELECT annotator_id, per_prompt, next_prompt FROM queue_cursors")
     for a, n, cursor in cursors:
         for prompt, count in ranked.items():
             if prompt < cursor:
                 assert (a, prompt) in done or count >= n or (a, n, prompt) in reopened
 
 
-def test_a_lease_picks_what_the_plain_definition_picks_whatever_happens(tmp_path: Path) -> None:
+def test_a_lease_picks_what_the_plain_definition_picks_whatever_happens(database: str) -> None:
     """Random leases (N = 1, 2 or 3), submissions, skips, releases, undos, expiries and new
     prompts; after each step the queue agrees with the tables and every annotator's next prompt
     and count left are the plain definition's."""
     rng = random.Random(16)
     clock = Clock()
     store = fill_store(
-        tmp_path / "r.db", [(f"p{i}", [f"p{i}-{j}" for j in range(2 + i % 3)]) for i in range(12)]
+        database, [(f"p{i}", [f"p{i}-{j}" for j in range(2 + i % 3)]) for i in range(12)]
     )
     store.clock = clock
     store.sync_annotators([(name, "annotator") for name in NAMES])
     leases: dict[str, tuple[str, int, int]] = {}  # name -> (token, N, answers)
     added = 12
-    for _ in range(500):
+    # Fewer steps on PostgreSQL, where each of the checks' many reads is a round trip.
+    for _ in range(500 if store.database.dialect == "sqlite" else 200):
         name, n = rng.choice(NAMES), rng.choice((1, 2, 3))
         action = rng.choices(
             ["lease", "submit", "skip", "release", "undo", "wait", "add"],
@@ -133,89 +127,111 @@ def test_a_lease_picks_what_the_plain_definition_picks_whatever_happens(tmp_path
                 )
         except SubmissionError:
             leases.pop(name, None)  # a stale lease (ran out, taken): the annotator reloads
-        assert_queue_agrees(store._conn())
+        assert_queue_agrees(store)
         for other in NAMES:
             for size in (1, 2, 3):
                 left = store.progress(other, size)[1]
                 assert left == len(plainly_available(store, other, size)), (other, size)
+    store.close()
 
 
-def test_an_older_file_gets_its_queue_on_upgrade(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_older_file_gets_its_queue_on_upgrade(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
-    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
-    old = fill_store(path, [(f"p{i}", ["a", "b", "c"]) for i in range(1, 5)])
-    old.sync_annotators([("alice", "annotator"), ("bob", "annotator")])
-    with old._write() as conn:  # what version 1 stored: rankings, a skip, a retraction
-        for ranking, (prompt, who) in enumerate([(1, 1), (1, 2), (2, 1), (3, 2)], start=1):
-            conn.execute(
-                "INSERT INTO rankings (id, prompt_id, annotator_id, tie, created_at) "
-                "VALUES (?, ?, ?, 0, 0)",
-                (ranking, prompt, who),
-            )
+    conn = sqlite3.connect(path)  # a file as version 1 made and filled it
+    for statement in schema_history.SQLITE_HISTORY[0]:
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    for prompt in range(1, 5):
         conn.execute(
-            "INSERT INTO skips (prompt_id, annotator_id, reason, created_at) VALUES (4, 1, 'x', 0)"
+            "INSERT INTO prompts (id, key, messages, created_at) VALUES (?, ?, '[]', 0)",
+            (prompt, f"k{prompt}"),
         )
+        conn.executemany(
+            "INSERT INTO candidates (prompt_id, position, text, model, settings, created_at) "
+            "VALUES (?, ?, 'x', 'm', '{}', 0)",
+            [(prompt, position) for position in range(3)],
+        )
+    conn.executemany(
+        "INSERT INTO annotators (id, name, role, created_at) VALUES (?, ?, 'annotator', 0)",
+        [(1, "alice"), (2, "bob")],
+    )
+    for ranking, (prompt, who) in enumerate([(1, 1), (1, 2), (2, 1), (3, 2)], start=1):
         conn.execute(
-            "INSERT INTO retractions (ranking_id, annotator_id, created_at) VALUES (4, 2, 0)"
+            "INSERT INTO rankings (id, prompt_id, annotator_id, tie, created_at) "
+            "VALUES (?, ?, ?, 0, 0)",
+            (ranking, prompt, who),
         )
-    old.close()
-    monkeypatch.undo()
+    conn.execute(
+        "INSERT INTO skips (prompt_id, annotator_id, reason, created_at) VALUES (4, 1, 'x', 0)"
+    )
+    conn.execute("INSERT INTO retractions (ranking_id, annotator_id, created_at) VALUES (4, 2, 0)")
+    conn.commit()
+    conn.close()
     store = Store(path)
-    assert store.schema_version() == schema.SCHEMA_VERSION == 2
-    assert_queue_agrees(store._conn())
-    assert dict(rows(store._conn(), "SELECT prompt_id, ranked FROM queue")) == {
+    assert store.schema_version() == schema.SCHEMA_VERSION == 3
+    assert_queue_agrees(store)
+    assert dict(sql(store, "SELECT prompt_id, ranked FROM queue")) == {
         1: 2, 2: 1, 3: 0, 4: 0,
     }  # fmt: skip
     assert plainly_available(store, "alice", 2) == [3] and store.progress("alice", 2)[1] == 1
     assert store.lease("alice", 2).prompt_id == 3
     assert store.lease("bob", 2).prompt_id == 2
+    store.close()
 
 
-def test_the_database_refuses_what_would_break_the_counts(tmp_path: Path) -> None:
-    store = fill_store(tmp_path / "r.db", [("p1", ["a", "b"])])
+def test_the_database_refuses_what_would_break_the_counts(database: str) -> None:
+    store = fill_store(database, [("p1", ["a", "b"])])
     store.sync_annotators([("alice", "annotator")])
     lease = store.lease("alice")
     first = store.submit_ranking("alice", lease.token, [1, 2])
-    conn = store._conn()
+
+    def refused(statement: str, **params: object) -> str:
+        with pytest.raises(sqlalchemy.exc.IntegrityError) as err, store.database.write() as conn:
+            conn.execute(text(statement), params)
+        return str(err.value.orig)
+
     insert = (
         "INSERT INTO rankings (prompt_id, annotator_id, supersedes, tie, created_at) "
-        "VALUES (1, 1, ?, 0, 0)"
+        "VALUES (1, 1, :s, 0, 0)"
     )
-    with pytest.raises(sqlite3.IntegrityError, match="already has a current ranking or skip"):
-        conn.execute(insert, (None,))
-    with pytest.raises(sqlite3.IntegrityError, match="supersedes only a retracted ranking"):
-        conn.execute(insert, (first,))
-    with pytest.raises(sqlite3.IntegrityError, match="already has a current ranking or skip"):
-        conn.execute(
-            "INSERT INTO skips (prompt_id, annotator_id, reason, created_at) VALUES (1, 1, 'x', 0)"
-        )
+    assert "already has a current ranking or skip" in refused(insert, s=None)
+    assert "supersedes only a retracted ranking" in refused(insert, s=first)
+    assert "already has a current ranking or skip" in refused(
+        "INSERT INTO skips (prompt_id, annotator_id, reason, created_at) VALUES (1, 1, 'x', 0)"
+    )
     undone = store.undo("alice")
     second = store.submit_ranking("alice", undone.lease.token, [2, 1])
-    with pytest.raises(sqlite3.IntegrityError, match="only a current ranking can be retracted"):
-        conn.execute(
-            "INSERT INTO retractions (ranking_id, annotator_id, created_at) VALUES (?, 1, 0)",
-            (first,),
-        )
+    assert "only a current ranking can be retracted" in refused(
+        "INSERT INTO retractions (ranking_id, annotator_id, created_at) VALUES (:r, 1, 0)", r=first
+    )
     assert [r.ranking_id for r in store.current_rankings()] == [second]
-    assert_queue_agrees(conn)
+    assert_queue_agrees(store)
+    store.close()
 
 
 @contextmanager
-def counting_steps(conn: sqlite3.Connection) -> Iterator[list[int]]:
-    """Counts the SQLite virtual-machine steps run on `conn` inside the block (triggers too)."""
+def counting_steps(store: Store) -> Iterator[list[int]]:
+    """Counts the SQLite virtual-machine steps run on the store's connections inside the block."""
     steps = [0]
 
     def step() -> int:
         steps[0] += 1
         return 0
 
-    conn.set_progress_handler(step, 1)
+    def count(dbapi_connection: sqlite3.Connection, *_: object) -> None:
+        dbapi_connection.set_progress_handler(step, 1)
+
+    def stop(dbapi_connection: sqlite3.Connection, *_: object) -> None:
+        dbapi_connection.set_progress_handler(None, 1)
+
+    pool = store.database.engine.pool
+    event.listen(pool, "checkout", count)
+    event.listen(pool, "checkin", stop)
     try:
         yield steps
     finally:
-        conn.set_progress_handler(None, 1)
+        event.remove(pool, "checkout", count)
+        event.remove(pool, "checkin", stop)
 
 
 def work_per_action(path: Path, prompts: int) -> dict[str, int]:
@@ -229,7 +245,6 @@ def work_per_action(path: Path, prompts: int) -> dict[str, int]:
         lease = store.lease("annotator00", 2)
         store.submit_ranking("annotator00", lease.token, [1, 2, 3, 4], per_prompt=2)
     clock.now += 86_400  # a day later: "done today" counts today's work only
-    conn = store._conn()
     work: dict[str, int] = {}
     actions: list[tuple[str, Callable[[], object]]] = []
     for name in ("annotator00", "annotator07"):  # the one far ahead, and one of the others
@@ -246,7 +261,7 @@ def work_per_action(path: Path, prompts: int) -> dict[str, int]:
             (f"progress {name}", lambda name=name: store.progress(name, 2, clock.now - 60)),
         ]
     for label, action in actions:
-        with counting_steps(conn) as steps:
+        with counting_steps(store) as steps:
             action()
         work[label] = steps[0]
     store.close()

@@ -28,7 +28,15 @@ from gradio_client.exceptions import AppError
 from alignment.cli import main
 from alignment.errors import DataError
 from alignment.store import Store, display_order
-from tests.ranking_support import PASSWORDS, ROLES, Serve, served_apps, write_annotators
+from tests.ranking_support import (
+    PASSWORDS,
+    ROLES,
+    ApiSession,
+    Serve,
+    served_apps,
+    sql,
+    write_annotators,
+)
 
 # Every code point class that tends to break things, and big: the app must carry it intact.
 UNICODE = (
@@ -149,8 +157,7 @@ def test_skip_undo_and_progress(serve: Callable[..., str], tmp_path: Path) -> No
     assert bob.predict(api_name="/undo")["id"] == again["ranking_id"]
     assert bob.predict(api_name="/progress")["done_today"] == 0
     store = Store(tmp_path / "rankings.db")
-    rows = store._conn().execute("SELECT id, supersedes FROM rankings ORDER BY id").fetchall()
-    assert [tuple(r) for r in rows] == [(1, None), (2, 1)]
+    assert sql(store, "SELECT id, supersedes FROM rankings ORDER BY id") == [(1, None), (2, 1)]
     assert store.counts()["retractions"] == 3 and store.counts()["current_rankings"] == 0
 
 
@@ -182,11 +189,7 @@ def test_any_unicode_of_any_size_round_trips(serve: Callable[..., str], tmp_path
     ranks = [2, 2, 2, 2]
     ranks[big_at] = 1
     alice.predict(lease["token"], ranks, True, api_name="/submit")
-    [row] = (
-        Store(tmp_path / "rankings.db")
-        ._conn()
-        .execute("SELECT text FROM candidates WHERE position = 0")
-    )
+    [row] = sql(Store(tmp_path / "rankings.db"), "SELECT text FROM candidates WHERE position = 0")
     assert row[0] == BIG
     out = tmp_path / "rankings.jsonl"
     main(
@@ -196,6 +199,26 @@ def test_any_unicode_of_any_size_round_trips(serve: Callable[..., str], tmp_path
 
     exported = json.loads(out.read_text(encoding="utf-8"))
     assert exported["completions"][0] == BIG and exported["ranks"] == [1, 2, 2, 2]
+
+
+def test_sessions_survive_a_restart_and_sign_out_ends_them(tmp_path: Path) -> None:
+    with served_apps(tmp_path) as start:
+        url, service = start()
+        session = ApiSession(url, "alice", PASSWORDS["alice"])
+        assert session.call("progress")["annotator"] == "alice"
+        cookies = dict(session.http.cookies)
+        # The database keeps a keyed hash of the session's token, never the token itself.
+        stored = {h for (h,) in sql(service.store, "SELECT token_hash FROM sessions")}
+        assert stored and not stored & set(cookies.values())
+    with served_apps(tmp_path) as start:  # a new app process would see the same
+        url, _ = start()
+        session.http.base_url = url
+        assert session.call("progress")["annotator"] == "alice"  # no new sign-in
+        session.http.get("/logout")
+        signed_out = httpx.Client(base_url=url, cookies=cookies)
+        assert signed_out.post("/gradio_api/call/progress", json={"data": []}).status_code == 401
+        signed_out.close()
+    session.close()
 
 
 def test_annotators_added_while_running_can_sign_in_and_removed_ones_cannot(

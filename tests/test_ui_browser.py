@@ -22,8 +22,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from alignment.cli import main  # noqa: E402
+from alignment.human_eval import post_pairs, verdicts  # noqa: E402
 from alignment.store import Store  # noqa: E402
-from tests.ranking_support import PASSWORDS, ApiSession, Serve, pair, served_apps  # noqa: E402
+from tests.ranking_support import PASSWORDS, ApiSession, Serve, pair, served_apps, sql  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -265,37 +266,40 @@ def test_two_annotators_rank_skip_undo_and_export(app: tuple[str, Path], browser
 
     # The database, row by row.
     store = Store(db)
-    conn = store._conn()
-    rankings = conn.execute(
+    rankings = sql(
+        store,
         "SELECT r.id, r.prompt_id, a.name, r.supersedes, r.tie FROM rankings r "
-        "JOIN annotators a ON a.id = r.annotator_id ORDER BY r.id"
-    ).fetchall()
-    assert [tuple(r) for r in rankings] == [
+        "JOIN annotators a ON a.id = r.annotator_id ORDER BY r.id",
+    )
+    assert rankings == [
         (1, 1, "alice", None, 1),
         (2, 2, "alice", None, 0),
         (3, 1, "bob", None, 0),
         (4, 1, "bob", 3, 0),
     ]
-    items = conn.execute(
+    items = sql(
+        store,
         "SELECT i.ranking_id, c.text, i.rank FROM ranking_items i "
-        "JOIN candidates c ON c.id = i.candidate_id ORDER BY i.ranking_id, c.position"
-    ).fetchall()
-    assert [tuple(r) for r in items] == [
+        "JOIN candidates c ON c.id = i.candidate_id ORDER BY i.ranking_id, c.position",
+    )
+    assert items == [
         (1, "Red.", 1), (1, "Blue.", 2), (1, "Green.", 2), (1, "Purple.", 3),
         (2, XSS, 2), (2, HTML_ANSWERS[1], 1), (2, HTML_ANSWERS[2], 3),
         (3, "Red.", 2), (3, "Blue.", 3), (3, "Green.", 1), (3, "Purple.", 4),
         (4, "Red.", 1), (4, "Blue.", 3), (4, "Green.", 2), (4, "Purple.", 4),
     ]  # fmt: skip
-    skips = conn.execute(
+    skips = sql(
+        store,
         "SELECT s.id, s.prompt_id, a.name, s.reason FROM skips s "
-        "JOIN annotators a ON a.id = s.annotator_id"
-    ).fetchall()
-    assert [tuple(r) for r in skips] == [(1, 2, "alice", "The prompt is unclear or broken")]
-    retractions = conn.execute(
+        "JOIN annotators a ON a.id = s.annotator_id",
+    )
+    assert skips == [(1, 2, "alice", "The prompt is unclear or broken")]
+    retractions = sql(
+        store,
         "SELECT x.ranking_id, x.skip_id, a.name FROM retractions x "
-        "JOIN annotators a ON a.id = x.annotator_id ORDER BY x.id"
-    ).fetchall()
-    assert [tuple(r) for r in retractions] == [(None, 1, "alice"), (3, None, "bob")]
+        "JOIN annotators a ON a.id = x.annotator_id ORDER BY x.id",
+    )
+    assert retractions == [(None, 1, "alice"), (3, None, "bob")]
     assert store.integrity_check() == "ok"
 
     # The exported pairs, exactly.
@@ -474,3 +478,42 @@ def test_signing_out_gives_the_leased_prompt_back(serve: Serve, browser: object)
     carol.close()
     # Signed out for real: the page's session no longer reaches the app.
     assert page.request.get(f"{url}config").status == 401
+
+
+def test_a_human_evaluation_pair_is_judged_with_verdict_buttons(
+    serve: Serve, browser: object, tmp_path: Path
+) -> None:
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"Question {n}?"}],
+            "sft_answer": f"SFT answer {n}.",
+            "ppo_answer": f"PPO answer {n}.",
+        }
+        for n in (1, 2)
+    ]
+    post_pairs(Store(tmp_path / "rankings.db"), rows, "ppo", "tiny", seed=0)
+    url, _ = serve([("A question to rank?", ["r1", "r2", "r3"])], per_prompt=1)
+    page = sign_in(browser, url, Watch(), "carol", PASSWORDS["carol"])
+    expect(page.locator("#prompt")).to_contain_text("Question 1?", timeout=TIMEOUT)
+    expect(page.locator("#comparison")).to_be_visible()
+    expect(page.locator("#order")).to_contain_text("Which answer is better?")
+    for hidden in ("#rank-0", "#rank-1", "#submit", "#tie"):
+        expect(page.locator(hidden)).to_be_hidden()
+    a_side = page.locator("#answer-0").inner_text()
+    page.locator("#verdict-a").click()
+    expect(page.locator("#message")).to_contain_text("Saved: A is better")
+    expect(page.locator("#prompt")).to_contain_text("Question 2?", timeout=TIMEOUT)
+    page.locator("#verdict-both-bad").click()
+    # An ordinary prompt next: the ranks come back, the verdicts go.
+    expect(page.locator("#prompt")).to_contain_text("A question to rank?", timeout=TIMEOUT)
+    expect(page.locator("#comparison")).to_be_hidden()
+    for shown in ("#rank-0", "#rank-2", "#submit", "#tie"):
+        expect(page.locator(shown)).to_be_visible()
+
+    judged = {v.label for v in verdicts(Store(tmp_path / "rankings.db"))}
+    assert judged == {"both bad", "final better" if "PPO" in a_side else "SFT better"}
+    page.get_by_role("tab", name="Admin").click()
+    expect(page.locator("#admin-summary")).to_contain_text(
+        "A/B evaluation (2 pairs)", timeout=TIMEOUT
+    )
+    expect(page.locator("#admin-summary")).to_contain_text("final policy's win rate over SFT")

@@ -5,6 +5,9 @@ Launched by `align ui`. This module puts the page together and serves it; the pa
 keyboard shortcuts), `handlers` (the page's events), `api` (the JSON API for scripts), `guards`
 (sign-in limits, downloads removed once fetched) and `exports` (where downloads wait).
 
+Sessions live in the database (`sessions`): a restart keeps everyone signed in, and several
+`align ui` processes on one PostgreSQL database accept each other's sessions.
+
 Private by default: the app connects to nothing (no analytics, version check or share link);
 the API is listed nowhere, not even on the sign-in page (scripts find it in ui/README.md); no
 OpenAPI schema, monitoring or run history; exports wait in a folder of the app's own.
@@ -28,6 +31,7 @@ from .api import JsonApi
 from .guards import DownloadOnce, SignInGuard
 from .handlers import PageHandlers
 from .service import RankingService
+from .sessions import install as keep_sessions_in
 from .signin import SignInLimiter
 from .views import (
     CSS,
@@ -76,6 +80,8 @@ def build_app(
             [*form, view.skip_reason, view.skip_note],
             **private,
         )
+        for verdict, button in view.verdicts.items():
+            button.click(handlers.verdict_handler(verdict), [view.state, view.raw], form, **private)
         view.undo.click(handlers.on_undo, [view.raw], form, **private)
         for button in (view.refresh, view.next_prompt):
             button.click(handlers.on_refresh, [view.raw], form, **private)
@@ -168,11 +174,13 @@ def launch(
 
 
 def server_settings(service: RankingService, limiter: SignInLimiter) -> dict[str, Any]:
-    """What FastAPI gets: no schema or docs routes, the guards, and the export folder swept at
-    start (left by a killed app) and emptied at stop."""
+    """What FastAPI gets: no schema or docs routes, the guards, sessions kept in the database
+    (from before the first request), and the export folder swept at start (left by a killed app)
+    and emptied at stop."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: Any) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        keep_sessions_in(app, service.store)
         service.exports.sweep()
         try:
             yield

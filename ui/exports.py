@@ -1,5 +1,6 @@
-"""Where an admin's export waits to be downloaded: a folder of the app's own, beside the database
-(`rankings.db-exports`, like SQLite's `rankings.db-wal`), readable by its owner only.
+"""Where an admin's export waits to be downloaded: a folder of the app's own, beside an SQLite
+database (`rankings.db-exports`, like SQLite's `rankings.db-wal`) or, for a PostgreSQL database,
+in the user's cache folder (`~/.cache/alignment/exports/<database>`), readable by its owner only.
 
 Each export gets a sub-folder with an unguessable name (its download URL is the only way to it)
 and is written mode 0600. It is removed once downloaded (`guards.DownloadOnce`) or when it is
@@ -10,12 +11,16 @@ next start. No gradio import here.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from alignment.store import Store
 
 LIFETIME_SECONDS = 10 * 60.0
 
@@ -40,6 +45,17 @@ class ExportFolder:
     def beside(cls, database: str | Path, lifetime: float = LIFETIME_SECONDS) -> ExportFolder:
         database = Path(database).resolve()
         return cls(database.with_name(database.name + "-exports"), lifetime)
+
+    @classmethod
+    def for_store(cls, store: Store, lifetime: float = LIFETIME_SECONDS) -> ExportFolder:
+        """Beside the SQLite file; for a database on a server, in the user's cache folder under
+        the database's name (app processes on one machine share it, as they share the file's)."""
+        if store.path is not None:
+            return cls.beside(store.path, lifetime)
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        exports = cache / "alignment" / "exports"
+        exports.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return cls(exports / re.sub(r"[^\w.-]+", "_", store.name).strip("_")[:120], lifetime)
 
     def new_file(self, name: str) -> Path:
         """A path for a new export called `name`, in a fresh sub-folder; removed by `sweep` once

@@ -4,13 +4,14 @@ stays exactly as the annotator left it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 from alignment.errors import AlignmentError
 from alignment.export import Aggregate, Format
-from alignment.store import Lease, LeaseError, SubmissionError, letter
+from alignment.store import AB_EVALUATION, Lease, LeaseError, SubmissionError, letter
 
 from .render import render_conversation, render_text
 from .service import RankingService
@@ -20,6 +21,8 @@ EMPTY_QUEUE = (
     "<p><strong>Your queue is empty.</strong> Thank you! Check back later for new prompts.</p>"
 )
 
+
+PAIR_QUESTION = "**Which answer is better?** Or is it a tie, or are both bad?"
 
 STALE = (
     "\n\nYour ranks are still on screen, but this prompt can no longer take them: press "
@@ -49,6 +52,10 @@ def score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def interval(value: dict[str, float]) -> str:
+    return f"{value['estimate']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
+
+
 def admin_tables(stats: dict[str, Any]) -> list[Any]:
     """The admin tab's summary line, per-annotator rows and per-prompt agreement rows."""
     report = stats["agreement"]
@@ -59,6 +66,19 @@ def admin_tables(stats: dict[str, Any]) -> list[Any]:
         f" · **current rankings:** {stats['counts']['current_rankings']} · "
         f"**skips:** {stats['counts']['current_skips']}"
     )
+    human = stats.get("human")
+    if human:
+        counts = ", ".join(f"{label}: {n}" for label, n in human["verdicts"].items())
+        summary += f"\n\n**A/B evaluation** ({human['pairs']} pairs): {counts}"
+        if "win_rate" in human:
+            per_person = "; ".join(
+                f"{name} {interval(own['win_rate'])} ({own['judgements']})"
+                for name, own in human["per_annotator"].items()
+            )
+            summary += (
+                f" · **final policy's win rate over SFT:** {interval(human['win_rate'])} "
+                f"(95% interval over prompts) · by annotator: {per_person}"
+            )
     people = [
         [a["name"], a["role"], a["rankings"], a["skips"], a["today"]] for a in stats["annotators"]
     ]
@@ -103,8 +123,11 @@ class PageHandlers:
                 gr.update(visible=False),
                 note,
                 progress_text,
+                gr.update(visible=True),
+                gr.update(visible=False),
             ]
         k = len(lease.texts)
+        pair = lease.source == AB_EVALUATION and k == 2  # verdict buttons instead of ranks
         if k > self.slots:
             note += (
                 f"\n\n**Warning:** this prompt has {k} answers but the page shows {self.slots}: "
@@ -119,16 +142,18 @@ class PageHandlers:
             *[gr.update(visible=i < k) for i in slots],
             *[render_text(lease.texts[i], raw_text) if i < k else "" for i in slots],
             *[
-                gr.update(choices=list(range(1, k + 1)), value=previous[i])
+                gr.update(choices=list(range(1, k + 1)), value=previous[i], visible=not pair)
                 if i < k
                 else gr.update(choices=[], value=None)
                 for i in slots
             ],
-            chosen_order(previous, tie),
-            tie,
+            PAIR_QUESTION if pair else chosen_order(previous, tie),
+            gr.update(value=tie and not pair, visible=not pair),
             gr.update(visible=False),
             note,
             progress_text,
+            gr.update(visible=not pair),
+            gr.update(visible=pair),
         ]
 
     def refused(self, err: Exception, heading: str = "**Not saved.** ") -> list[Any]:
@@ -188,6 +213,22 @@ class PageHandlers:
             return self.refused(err)
         note = f"**Saved** ranking #{ranking_id}." + (" Next prompt below." if lease else "")
         return self.show(name, lease, raw_text, note)
+
+    def verdict_handler(self, verdict: str) -> Callable[[dict | None, bool, gr.Request], list[Any]]:
+        """The click handler of one verdict button on an A/B pair."""
+
+        def on_verdict(current: dict | None, raw_text: bool, request: gr.Request) -> list[Any]:
+            try:
+                name, _ = self.service.user(request)
+                if not current:
+                    raise SubmissionError("Nothing to judge: your queue is empty.")
+                row_id, lease = self.service.judge_pair(name, current["token"], verdict)
+            except SubmissionError as err:
+                return self.refused(err)
+            note = f"**Saved:** {verdict} (#{row_id})." + (" Next prompt below." if lease else "")
+            return self.show(name, lease, raw_text, note)
+
+        return on_verdict
 
     def on_skip(
         self, current: dict | None, reason: str, note: str, raw_text: bool, request: gr.Request

@@ -16,7 +16,8 @@ import gradio as gr
 
 from alignment.agreement import agreement
 from alignment.export import Aggregate, ExportResult, Format, export
-from alignment.store import Lease, Store, SubmissionError, Undone
+from alignment.human_eval import summarise_humans, verdicts
+from alignment.store import AB_EVALUATION, BOTH_BAD, Lease, Store, SubmissionError, Undone
 
 from .annotators import AnnotatorRegistry
 from .exports import ExportFolder
@@ -31,6 +32,14 @@ SKIP_REASONS = [
     "Other (write it below)",
 ]
 OTHER_REASON = SKIP_REASONS[-1]
+# The verdicts on an A/B pair: ranks in display order (A, B) and whether they tie; "Both bad" is
+# a skip with the reason BOTH_BAD.
+VERDICTS: dict[str, tuple[list[int], bool] | None] = {
+    "A is better": ([1, 2], False),
+    "B is better": ([2, 1], False),
+    "Tie": ([1, 1], True),
+    "Both bad": None,
+}
 
 
 def start_of_today() -> float:
@@ -59,7 +68,7 @@ class RankingService:
         if self.registry is None and not self.single_user:
             raise ValueError("either an annotators file or a single user is needed")
         if self.exports is None:
-            self.exports = ExportFolder.beside(self.store.path)
+            self.exports = ExportFolder.for_store(self.store)
         if self.registry is not None:
             self.sync()
         else:
@@ -116,6 +125,17 @@ class RankingService:
             reason = f"{reason}: {note}" if reason else note
         return self.store.skip_and_next(name, token, reason, self.per_prompt, self.lease_seconds)
 
+    def judge_pair(self, name: str, token: str, verdict: str) -> tuple[int, Lease | None]:
+        """Store a verdict (a VERDICTS label) on an A/B pair and lease the next prompt."""
+        if verdict not in VERDICTS:
+            raise SubmissionError(f"Unknown verdict {verdict!r}: one of {', '.join(VERDICTS)}.")
+        ranks_and_tie = VERDICTS[verdict]
+        if ranks_and_tie is None:
+            return self.store.skip_and_next(
+                name, token, BOTH_BAD, self.per_prompt, self.lease_seconds
+            )
+        return self.submit(name, token, *ranks_and_tie)
+
     def sign_out(self, name: str) -> None:
         """Give the annotator's leased prompt back to the queue, so nobody waits for it."""
         self.store.release_all(name)
@@ -132,7 +152,10 @@ class RankingService:
         """Admins: progress per annotator, agreement, and row counts."""
         require_admin(role)
         report = agreement(self.store.current_rankings(min_annotators=2))
+        pairs = self.store.prompts_from(AB_EVALUATION)
+        human = summarise_humans(verdicts(self.store), pairs, seed=0) if pairs else None
         return {
+            "human": human,
             "annotators": [
                 {
                     "name": p.name,

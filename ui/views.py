@@ -11,7 +11,7 @@ import gradio as gr
 
 from alignment.store import letter
 
-from .service import SKIP_REASONS
+from .service import SKIP_REASONS, VERDICTS
 
 DEFAULT_GUIDELINES = """\
 **Rank the answers best first.** Rank 1 is the best answer; every answer gets a rank.
@@ -25,6 +25,9 @@ DEFAULT_GUIDELINES = """\
 - **Skip** when you cannot rank fairly (unclear prompt, needs expertise, harmful content) and say
   why. **Undo** takes back your last submission so you can change it; nothing is lost.
 - Answers appear in a random order and do not show which model wrote them. Do not guess.
+
+**A/B pairs** (a human evaluation): two answers, A and B; say which is better, *Tie* when
+neither is, or *Both bad* when neither is acceptable.
 
 **Keyboard** (outside text fields): a letter `A`-`H` then a digit `1`-`9` ranks that answer;
 `T` toggles *Allow ties*; `Ctrl+Enter` submits; `S` goes to the skip reason; `U` undoes;
@@ -134,6 +137,8 @@ class RankingView:
     skip_reason: gr.Dropdown
     skip_note: gr.Textbox
     skip: gr.Button
+    comparison: gr.Row  # shown instead of the ranks for an A/B pair of a human evaluation
+    verdicts: dict[str, gr.Button]  # VERDICTS label -> its button
 
     @property
     def form(self) -> list[gr.blocks.Block]:
@@ -150,6 +155,8 @@ class RankingView:
             self.next_prompt,
             self.message,
             self.progress,
+            self.submit,
+            self.comparison,
         ]
 
 
@@ -226,6 +233,11 @@ def build_ranking_tab(state: gr.State, progress: gr.Markdown, slots: int) -> Ran
     prompt = gr.HTML(elem_id="prompt", js_on_load=None, padding=True)
     boxes, answers, ranks = build_answer_slots(slots)
     order = gr.Markdown(elem_id="order")
+    with gr.Row(visible=False, elem_id="comparison") as comparison:
+        verdicts = {
+            label: gr.Button(label, variant="primary", elem_id=f"verdict-{slug}")
+            for label, slug in zip(VERDICTS, ("a", "b", "tie", "both-bad"), strict=True)
+        }
     with gr.Row():
         tie = gr.Checkbox(label="Allow ties (some answers share a rank)", elem_id="tie")
         raw = gr.Checkbox(label="Show raw text", elem_id="raw")
@@ -260,6 +272,8 @@ def build_ranking_tab(state: gr.State, progress: gr.Markdown, slots: int) -> Ran
         skip_reason=skip_reason,
         skip_note=skip_note,
         skip=skip,
+        comparison=comparison,
+        verdicts=verdicts,
     )
 
 

@@ -11,7 +11,7 @@ Too long conversations lose their START, so the answer being judged is kept.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ class EncodedComparison:
     worse: list[int]
     margin: float
     length: int  # tokens in the shared-prefix layout, for batching by length
+    pair_weights: list[float] | None = None  # per pair; None: all 1 (see `length_balanced`)
 
     @classmethod
     def from_row(cls, row: EncodedComparison | Mapping[str, Any]) -> EncodedComparison:
@@ -70,6 +71,36 @@ def encode_comparison(
         margin=comparison.margin,
         length=len(prefix) + sum(len(t) for t in tails),
     )
+
+
+def length_balanced(rows: Sequence[EncodedComparison]) -> list[EncodedComparison]:
+    """The same comparisons with pair weights under which the preferred answer is the longer one
+    in half of the weight of unequal-length pairs and the shorter one in the other half (answer
+    length in tokens). Under these weights length alone predicts no preference, so a reward model
+    cannot fit the data by length (HH-RLHF harmless: the shorter answer wins 60% of pairs)."""
+    longer = shorter = 0
+    for row in rows:
+        for b, w in zip(row.better, row.worse, strict=True):
+            longer += len(row.tails[b]) > len(row.tails[w])
+            shorter += len(row.tails[b]) < len(row.tails[w])
+    if not longer or not shorter:
+        return list(rows)  # nothing to balance against
+    unequal = longer + shorter
+    weight_longer, weight_shorter = unequal / (2 * longer), unequal / (2 * shorter)
+    return [
+        replace(
+            row,
+            pair_weights=[
+                weight_longer
+                if len(row.tails[b]) > len(row.tails[w])
+                else weight_shorter
+                if len(row.tails[b]) < len(row.tails[w])
+                else 1.0
+                for b, w in zip(row.better, row.worse, strict=True)
+            ],
+        )
+        for row in rows
+    ]
 
 
 @dataclass
@@ -123,7 +154,7 @@ class ComparisonCollator:
             better += [first + b for b in row.better]
             worse += [first + w for w in row.worse]
             margin += [float(row.margin)] * pairs
-            weight += [1.0 / (pairs * len(rows))] * pairs
+            weight += [w / (pairs * len(rows)) for w in row.pair_weights or [1.0] * pairs]
 
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)

@@ -33,14 +33,24 @@ def read_stats(path: Path) -> dict[str, Any]:
     return json.loads(stats_path.read_text()) if stats_path.is_file() else {}
 
 
+def saves_score_head(adapter: PeftConfig) -> bool:
+    """Whether a PEFT adapter is a reward model's: a sequence-classification task or a saved
+    `score` head."""
+    return adapter.task_type == TaskType.SEQ_CLS or "score" in (adapter.modules_to_save or [])
+
+
 def load_reward_model(
-    path: str | Path, quantization: str | None = None, dtype: str | None = None
+    path: str | Path,
+    quantization: str | None = None,
+    dtype: str | None = None,
+    dequantize: bool = False,
 ) -> tuple[PeftModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """(model in eval mode, tokenizer, stats) of a reward adapter directory.
 
     Reads the base model settings from reward_stats.json; a directory without one (e.g. from
     `trl reward`) uses adapter_config.json's base model with default settings. `quantization`
-    overrides the recorded quantization, `dtype` the recorded compute dtype.
+    overrides the recorded quantization, `dtype` the recorded compute dtype; `dequantize` loads a
+    quantized base as trained and unpacks it to plain weights (for merging).
     """
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
@@ -49,8 +59,7 @@ def load_reward_model(
             "`align rm RECIPE`"
         )
     adapter = PeftConfig.from_pretrained(str(path))
-    saves_head = adapter.task_type == TaskType.SEQ_CLS or "score" in (adapter.modules_to_save or [])
-    if not saves_head:
+    if not saves_score_head(adapter):
         raise RunStateError(
             f"{path}: this adapter has no trained score head (task {adapter.task_type}); it is "
             "not a reward model"
@@ -65,7 +74,7 @@ def load_reward_model(
     has_tokenizer = (path / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(model_cfg, str(path) if has_tokenizer else None)
     with suppress_seqcls_warning():
-        base: PreTrainedModel = load_model(model_cfg, head="score")
+        base: PreTrainedModel = load_model(model_cfg, head="score", dequantize=dequantize)
     # By default PEFT upcasts bf16/fp16 adapters to float32 on load; training ran them in the
     # compute dtype, and scores only reproduce exactly in it (bf16 scores moved by ~0.02 otherwise).
     model = PeftModel.from_pretrained(base, str(path), autocast_adapter_dtype=False)

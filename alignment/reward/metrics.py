@@ -4,6 +4,9 @@
 - mean margin: mean of r_better - r_worse;
 - Kendall's tau-b between the RM's order and the annotators' order, averaged over the K-way
   rankings (K > 2) where it is defined;
+- the accuracy's 95% bootstrap interval over pairs, the accuracy on pairs whose preferred answer
+  is the longer one, and the accuracy of the rule "the shorter answer wins" on the same pairs (a
+  length baseline any RM must beat);
 - accuracy per length bucket: by conversation length (quartiles of the pairs' longer candidate,
   in tokens after truncation), and by whether the preferred answer is longer, shorter or of
   similar length (within 10%) than the other. A length-biased RM is good on one side and poor on
@@ -24,6 +27,7 @@ from alignment.preferences import Comparison, Format, read_preferences
 from alignment.reward.encoding import EncodedComparison, encode_comparison
 from alignment.reward.loading import load_reward_model
 from alignment.reward.scoring import comparison_scores
+from alignment.stats import Interval, mean_interval
 
 
 def _bucket(records: list[dict[str, float]]) -> dict[str, Any]:
@@ -47,9 +51,12 @@ def _by_length(records: list[dict[str, float]]) -> list[dict[str, Any]]:
     return buckets
 
 
+PREFERRED_LONGER = "preferred answer longer"
+
+
 def _answer_side(better: float, worse: float) -> str:
     if better > worse * 1.1:
-        return "preferred answer longer"
+        return PREFERRED_LONGER
     if worse > better * 1.1:
         return "preferred answer shorter"
     return "similar length (within 10%)"
@@ -82,10 +89,21 @@ def preference_report(
         side = _answer_side(record["better_tokens"], record["worse_tokens"])
         sides.setdefault(side, []).append(record)
     overall = _bucket(records)
+    longer = sides.get(PREFERRED_LONGER, [])
     return {
         "comparisons": len(comparisons),
         "pairs": overall["pairs"],
         "accuracy": overall["accuracy"],
+        "accuracy_interval": mean_interval([float(r["difference"] > 0) for r in records]).as_dict(),
+        # The headline beside accuracy: a length-biased RM fails where the longer answer won.
+        "preferred_longer_accuracy": _bucket(longer)["accuracy"] if longer else None,
+        "shorter_wins_accuracy": sum(
+            1.0
+            if r["better_tokens"] < r["worse_tokens"]
+            else 0.5 * (r["better_tokens"] == r["worse_tokens"])
+            for r in records
+        )
+        / len(records),
         "mean_margin": overall["mean_margin"],
         "rankings": sum(len(c.answers) > 2 for c in comparisons),
         "kendall_tau": sum(taus) / len(taus) if taus else None,
@@ -100,12 +118,24 @@ def print_report(report: dict[str, Any]) -> None:
 
     tau = report["kendall_tau"]
     summary = Table(title=f"Reward model {report['model']} on {report['data']['source']}")
-    for column in ("comparisons", "pairs", "accuracy", "mean margin", "Kendall tau (rankings)"):
+    columns = (
+        "comparisons",
+        "pairs",
+        "accuracy [95% CI]",
+        "preferred longer",
+        "rule: shorter wins",
+        "mean margin",
+        "Kendall tau (rankings)",
+    )
+    for column in columns:
         summary.add_column(column, justify="right")
+    longer = report["preferred_longer_accuracy"]
     summary.add_row(
         str(report["comparisons"]),
         str(report["pairs"]),
-        f"{report['accuracy']:.3f}",
+        str(Interval(**report["accuracy_interval"])),
+        f"{longer:.3f}" if longer is not None else "n/a",
+        f"{report['shorter_wins_accuracy']:.3f}",
         f"{report['mean_margin']:.3f}",
         f"{tau:.3f} ({report['rankings']})" if tau is not None else "n/a",
     )

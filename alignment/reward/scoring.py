@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from peft import PeftModel
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from alignment.errors import ModelSourceError
@@ -45,7 +47,8 @@ def scores_at(
     cols: torch.Tensor,
 ) -> torch.Tensor:
     """Rewards read at the given (row, column) tokens: one backbone pass, the head on B vectors."""
-    backbone, head = _backbone_and_head(model)
+    wrapper = model if isinstance(model, DistributedDataParallel) else None
+    backbone, head = _backbone_and_head(model.module if wrapper is not None else model)
     dtype = backbone.get_input_embeddings().weight.dtype
     if attention_mask.dim() == 4:  # additive form, which both sdpa and eager attention accept
         blocked = torch.finfo(dtype).min
@@ -53,12 +56,18 @@ def scores_at(
             ~attention_mask.bool(), blocked
         )
     device = backbone.get_input_embeddings().weight.device
-    hidden = backbone(
-        input_ids=input_ids.to(device),
-        attention_mask=attention_mask.to(device),
-        position_ids=position_ids.to(device),
-        use_cache=False,
-    ).last_hidden_state
+    inputs = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "position_ids": position_ids.to(device),
+        "use_cache": False,
+    }
+    if wrapper is not None:
+        # DDP averages the gradients of a forward through its wrapper only: the whole model runs
+        # and its last hidden states (normed, as the backbone's output) are read.
+        hidden = wrapper(**inputs, output_hidden_states=True).hidden_states[-1]
+    else:
+        hidden = backbone(**inputs).last_hidden_state
     picked = hidden[rows.to(device), cols.to(device)]
     return head(picked.to(head.weight.dtype)).squeeze(-1).float()
 
@@ -135,16 +144,21 @@ def comparison_scores(
     pad_token_id: int,
     batch_size: int = 8,
     share_prefix: bool = True,
+    progress_label: str = "scoring comparisons",
 ) -> list[torch.Tensor]:
-    """Rewards of each encoded comparison's candidates, one tensor per comparison, in order."""
+    """Rewards of each encoded comparison's candidates, one tensor per comparison, in order,
+    with a progress bar labelled `progress_label`."""
     collator = ComparisonCollator(pad_token_id, share_prefix)
     order = sorted(range(len(rows)), key=lambda i: rows[i].length)
     result: list[torch.Tensor] = [torch.empty(0)] * len(rows)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        scores = batch_scores(model, collator([rows[i] for i in chunk])).cpu()
-        for i, part in zip(chunk, scores.split([len(rows[i].tails) for i in chunk]), strict=True):
-            result[i] = part
+    with tqdm(total=len(rows), desc=progress_label, unit="comparison") as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            scores = batch_scores(model, collator([rows[i] for i in chunk])).cpu()
+            parts = scores.split([len(rows[i].tails) for i in chunk])
+            for i, part in zip(chunk, parts, strict=True):
+                result[i] = part
+            bar.update(len(chunk))
     return result
 
 
@@ -152,7 +166,9 @@ def reward_stats(
     model: nn.Module, rows: list[EncodedComparison], pad_token_id: int, batch_size: int
 ) -> dict[str, float]:
     """Mean and std of the rewards of every candidate in `rows`."""
-    scores = torch.cat(comparison_scores(model, rows, pad_token_id, batch_size))
+    scores = torch.cat(
+        comparison_scores(model, rows, pad_token_id, batch_size, progress_label="reward statistics")
+    )
     return {
         "mean": scores.mean().item(),
         "std": scores.std().item() if len(scores) > 1 else 0.0,

@@ -37,12 +37,14 @@ TRAINABLE_ROLES = ("policy", "value")
 class RoleModel(nn.Module):
     """The four PPO roles over one base model, with a frozen reward head and a trainable value head."""
 
-    def __init__(self, base: PreTrainedModel, sft_dir: Path, rm_dir: Path, base_name: str) -> None:
+    def __init__(
+        self, base: PreTrainedModel, sft_dir: Path, rm_dir: Path, base_names: tuple[str, ...]
+    ) -> None:
         super().__init__()
         for directory, role in ((sft_dir, "SFT"), (rm_dir, "reward")):
             if not (directory / "adapter_config.json").is_file():
                 raise RunStateError(f"{directory}: no {role} adapter here (run its stage first)")
-            check_same_base(directory, base_name, role)
+            check_same_base(directory, base_names, role)
         self.peft = PeftModel.from_pretrained(
             base, sft_dir, adapter_name="policy", is_trainable=True
         )

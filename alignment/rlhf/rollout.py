@@ -220,6 +220,7 @@ class Sampler:
                 [ids for _, ids in batch],
                 self.settings,
                 self.seeds(update, len(batch)),
+                progress_label=None,  # one rollout of many: the PPO bar counts updates
             )
         cpu.release_memory()
         answers, finished = zip(

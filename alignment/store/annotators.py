@@ -2,35 +2,39 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
+
+from sqlalchemy import Connection, text
 
 from .errors import SubmissionError, UnknownAnnotatorError
 from .rules import ROLES
 
 
-def sync_annotators(
-    conn: sqlite3.Connection, annotators: Sequence[tuple[str, str]], now: float
-) -> None:
+def sync_annotators(conn: Connection, annotators: Sequence[tuple[str, str]], now: float) -> None:
     """Make sure every (name, role) has a row; roles follow what is given."""
     for name, role in annotators:
         if role not in ROLES:
             raise SubmissionError(f"annotator {name!r}: role {role!r} not in {ROLES}")
         conn.execute(
-            "INSERT INTO annotators (name, role, created_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET role = excluded.role",
-            (name, role, now),
+            text(
+                "INSERT INTO annotators (name, role, created_at) VALUES (:name, :role, :now) "
+                "ON CONFLICT (name) DO UPDATE SET role = excluded.role"
+            ),
+            {"name": name, "role": role, "now": now},
         )
 
 
-def annotator_role(conn: sqlite3.Connection, name: str) -> str | None:
-    row = conn.execute("SELECT role FROM annotators WHERE name = ?", (name,)).fetchone()
-    return row[0] if row else None
+def annotator_role(conn: Connection, name: str) -> str | None:
+    return conn.execute(
+        text("SELECT role FROM annotators WHERE name = :name"), {"name": name}
+    ).scalar_one_or_none()
 
 
-def annotator_id(conn: sqlite3.Connection, name: str) -> int:
+def annotator_id(conn: Connection, name: str) -> int:
     """The row id behind `name`; refuses a name that is not in the table."""
-    row = conn.execute("SELECT id FROM annotators WHERE name = ?", (name,)).fetchone()
-    if row is None:
+    found = conn.execute(
+        text("SELECT id FROM annotators WHERE name = :name"), {"name": name}
+    ).scalar_one_or_none()
+    if found is None:
         raise UnknownAnnotatorError(f"Unknown annotator {name!r}: not in the annotators file.")
-    return row[0]
+    return found

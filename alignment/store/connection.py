@@ -1,98 +1,166 @@
-"""Connections to the database file: the one place that sets the SQLite pragmas, one connection
-per thread, and the read and write transactions.
+"""Connections to the ranking database through one SQLAlchemy engine: an SQLite file (the
+embedded default) or a PostgreSQL server (`postgresql://user@host/dbname`). This is the one place
+that tells the two apart; every query elsewhere is the same SQL for both.
 
-Every connection gets WAL, foreign keys, `synchronous=FULL` and a busy timeout, so an acknowledged
-submission survives a killed process or a power cut and concurrent writers queue instead of
-failing. Every write is one `BEGIN IMMEDIATE` transaction.
+Writes are serialised, so the leasing rule (a prompt is handed out only while its current
+rankings plus other annotators' live leases are below N) holds across threads and processes:
+- SQLite: every connection gets WAL, foreign keys, `synchronous=FULL` and a busy timeout, and every
+  write is one `BEGIN IMMEDIATE` transaction, which takes the file's single write lock up front;
+  concurrent writers queue on the timeout instead of failing halfway. An acknowledged write
+  survives a killed process or a power cut.
+- PostgreSQL: every write transaction first takes one transaction-scoped advisory lock
+  (`pg_advisory_xact_lock`), the same single-writer order across every process on the database;
+  it is released at commit or rollback, also when the process holding it dies. Reads run
+  without it, at REPEATABLE READ, so a read sees one snapshot as SQLite's read transaction does.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, text
+from sqlalchemy.pool import QueuePool
 
 from .errors import StoreError
 
-BUSY_TIMEOUT_SECONDS = 30.0
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+WRITE_LOCK_KEY = 0x616C69676E  # "align": the PostgreSQL advisory lock behind every store write
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A new connection to `path` with the store's pragmas; rows come back as sqlite3.Row."""
+def is_url(target: str | Path) -> bool:
+    """Whether `target` names a database by URL (scheme://...) rather than an SQLite file path."""
+    return isinstance(target, str) and re.match(r"^[A-Za-z][\w+.-]*://", target) is not None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # isolation_level=None: the driver begins nothing by itself; `write` and `read` say BEGIN.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
     try:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, nothing implicit.
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+        mode = cursor.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise StoreError(f"could not switch to WAL journal (got {mode})")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA synchronous = FULL")
+    finally:
+        cursor.close()
+
+
+class Database:
+    """The engine behind a `Store`: `write()` and `read()` transactions. `name` says which
+    database in messages (the file path, or the URL without its password); `path` is the SQLite
+    file, None on PostgreSQL."""
+
+    def __init__(self, target: str | Path) -> None:
+        if is_url(target):
+            self.path: Path | None = None
+            self.engine = self._postgres_engine(str(target))  # sets self.name
+        else:
+            self.path = Path(target)
+            self.name = str(self.path)
+            self.engine = self._sqlite_engine(self.path)
+        self.dialect = self.engine.dialect.name
+        # SQLite's busy handler makes a waiting writer sleep in growing steps (up to 100 ms), so
+        # under contention a few writers would wait seconds: this process's writers queue on a
+        # lock instead and go in turn (other processes still wait on the busy timeout).
+        # PostgreSQL's advisory lock wakes its waiters itself.
+        self._writers: AbstractContextManager = (
+            threading.RLock() if self.dialect == "sqlite" else nullcontext()
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    except sqlite3.DatabaseError as err:
-        raise StoreError(f"{path}: not a usable SQLite database ({err})") from None
-    if mode.lower() != "wal":
-        raise StoreError(f"{path}: could not switch to WAL journal (got {mode})")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.row_factory = sqlite3.Row
-    return conn
+        self._check_reachable()
 
+    def _sqlite_engine(self, path: Path) -> Engine:
+        if path.is_dir():
+            raise StoreError(f"{path}: is a directory, not a database file")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            f"sqlite:///{path}",
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+            poolclass=QueuePool,
+            pool_size=8,
+            max_overflow=-1,  # as many as threads want: SQLite connections are cheap
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
 
-class Connections:
-    """One connection per thread to one file, all closed together by `close`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
-        self._open: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-
-    def get(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = connect(self.path)
-            with self._lock:
-                self._open.append(conn)
-        return conn
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. IMMEDIATE takes the write lock up front, so two writers queue
-        on the busy timeout instead of failing halfway with 'database is locked'."""
-        conn = self.get()
-        conn.execute("BEGIN IMMEDIATE")
+    def _postgres_engine(self, url: str) -> Engine:
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            parsed = make_url(url)
+        except exc.ArgumentError as err:
+            raise StoreError(f"{url}: not a database URL ({err})") from None
+        self.name = parsed.render_as_string(hide_password=True)
+        scheme = parsed.get_backend_name()
+        if scheme not in POSTGRES_SCHEMES:
+            raise StoreError(
+                f"{self.name}: unsupported database '{scheme}'; give an SQLite file path or "
+                "postgresql://user@host/dbname"
+            )
+        try:
+            import psycopg  # noqa: F401  (the driver SQLAlchemy loads)
+        except ImportError:
+            raise StoreError(
+                f"{self.name}: PostgreSQL needs the psycopg driver; install it with: "
+                "pip install 'alignment[postgres]'"
+            ) from None
+        return create_engine(
+            parsed.set(drivername="postgresql+psycopg"),
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,  # a server restart drops pooled connections: reconnect
+        )
+
+    def _check_reachable(self) -> None:
+        """Open one connection now, so a wrong path or URL fails at start with one line."""
+        try:
+            with self.engine.connect():
+                pass
+        except StoreError as err:
+            raise StoreError(f"{self.name}: {err}") from None
+        except exc.DBAPIError as err:
+            self.engine.dispose()
+            reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
+            if self.dialect == "sqlite":
+                raise StoreError(f"{self.name}: not a usable SQLite database ({reason})") from None
+            host = self.engine.url.host or self.engine.url.query.get("host") or "localhost"
+            raise StoreError(
+                f"{self.name}: cannot connect to PostgreSQL at {host} ({reason})"
+            ) from None
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[Connection]:
+        """One write transaction, serialised with every other store write (module docstring);
+        committed when the block ends, rolled back if it raises."""
+        with self._writers, self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
         """A read transaction: one consistent snapshot for several queries."""
-        conn = self.get()
-        conn.execute("BEGIN")
-        try:
-            yield conn
-        finally:
-            conn.execute("COMMIT")
-
-    @contextmanager
-    def snapshot(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction on a connection of its own, closed afterwards: for a long read
-        whose caller may write on this thread's connection meanwhile."""
-        conn = connect(self.path)
-        try:
-            conn.execute("BEGIN")
-            yield conn
-        finally:
-            conn.close()
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                yield conn
+            finally:
+                conn.rollback()  # nothing to keep: it only read
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._open:
-                conn.close()
-            self._open.clear()
-        self._local = threading.local()
+        self.engine.dispose()

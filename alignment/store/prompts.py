@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 
+from sqlalchemy import Connection, RowMapping, text
+
+from . import queueing
 from .records import NewCandidate
 from .rules import prompt_key
 
 
-def sampled_keys(conn: sqlite3.Connection) -> set[str]:
+def sampled_keys(conn: Connection) -> set[str]:
     """Keys of prompts that already have candidates (so `align sample` can skip them)."""
     rows = conn.execute(
-        "SELECT key FROM prompts p WHERE EXISTS "
-        "(SELECT 1 FROM candidates c WHERE c.prompt_id = p.id)"
+        text(
+            "SELECT key FROM prompts p WHERE EXISTS "
+            "(SELECT 1 FROM candidates c WHERE c.prompt_id = p.id)"
+        )
     )
-    return {row[0] for row in rows}
+    return set(rows.scalars())
+
+
+def prompts_from(conn: Connection, source: str) -> int:
+    """How many prompts came from `source`."""
+    return conn.execute(
+        text("SELECT count(*) FROM prompts WHERE source = :s"), {"s": source}
+    ).scalar_one()
 
 
 def add_sampled(
-    conn: sqlite3.Connection,
+    conn: Connection,
     messages: list[dict[str, str]],
     candidates: Sequence[NewCandidate],
     source: str | None,
@@ -28,48 +39,67 @@ def add_sampled(
 ) -> int | None:
     """Store a prompt and its candidates; None if the prompt already has some."""
     key = prompt_key(messages)
-    row = conn.execute("SELECT id FROM prompts WHERE key = ?", (key,)).fetchone()
-    if row is None:
+    prompt_id = conn.execute(
+        text("SELECT id FROM prompts WHERE key = :key"), {"key": key}
+    ).scalar_one_or_none()
+    if prompt_id is None:
         prompt_id = conn.execute(
-            "INSERT INTO prompts (key, messages, source, created_at) VALUES (?, ?, ?, ?)",
-            (key, json.dumps(messages, ensure_ascii=False), source, now),
-        ).lastrowid
-    else:
-        prompt_id = row[0]
-        if conn.execute("SELECT 1 FROM candidates WHERE prompt_id = ?", (prompt_id,)).fetchone():
-            return None
-    conn.executemany(
-        "INSERT INTO candidates (prompt_id, position, text, num_tokens, finish_reason, "
-        "model, adapter, settings, seed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            text(
+                "INSERT INTO prompts (key, messages, source, created_at) "
+                "VALUES (:key, :messages, :source, :now) RETURNING id"
+            ),
+            {
+                "key": key,
+                "messages": json.dumps(messages, ensure_ascii=False),
+                "source": source,
+                "now": now,
+            },
+        ).scalar_one()
+    elif conn.execute(
+        text("SELECT 1 FROM candidates WHERE prompt_id = :p"), {"p": prompt_id}
+    ).first():
+        return None
+    if not candidates:
+        return prompt_id
+    conn.execute(
+        text(
+            "INSERT INTO candidates (prompt_id, position, text, num_tokens, finish_reason, "
+            "model, adapter, settings, seed, created_at) VALUES (:prompt_id, :position, :text, "
+            ":num_tokens, :finish_reason, :model, :adapter, :settings, :seed, :now)"
+        ),
         [
-            (
-                prompt_id,
-                position,
-                c.text,
-                c.num_tokens,
-                c.finish_reason,
-                c.model,
-                c.adapter,
-                json.dumps(c.settings, sort_keys=True),
-                c.seed,
-                now,
-            )
+            {
+                "prompt_id": prompt_id,
+                "position": position,
+                "text": c.text,
+                "num_tokens": c.num_tokens,
+                "finish_reason": c.finish_reason,
+                "model": c.model,
+                "adapter": c.adapter,
+                "settings": json.dumps(c.settings, sort_keys=True),
+                "seed": c.seed,
+                "now": now,
+            }
             for position, c in enumerate(candidates)
         ],
     )
+    queueing.prompt_queued(conn, prompt_id)
     return prompt_id
 
 
-def candidates(conn: sqlite3.Connection, prompt_id: int) -> list[sqlite3.Row]:
+def candidates(conn: Connection, prompt_id: int) -> list[RowMapping]:
     """Every stored column of a prompt's candidates, in sampling order."""
-    return conn.execute(
-        "SELECT * FROM candidates WHERE prompt_id = ? ORDER BY position", (prompt_id,)
-    ).fetchall()
+    return list(
+        conn.execute(
+            text("SELECT * FROM candidates WHERE prompt_id = :p ORDER BY position"),
+            {"p": prompt_id},
+        ).mappings()
+    )
 
 
-def max_candidates(conn: sqlite3.Connection) -> int:
+def max_candidates(conn: Connection) -> int:
     """The most candidates any one prompt has (0 for an empty store)."""
-    row = conn.execute(
-        "SELECT max(n) FROM (SELECT count(*) AS n FROM candidates GROUP BY prompt_id)"
-    ).fetchone()
-    return row[0] or 0
+    most = conn.execute(
+        text("SELECT max(n) FROM (SELECT count(*) AS n FROM candidates GROUP BY prompt_id) c")
+    ).scalar_one()
+    return most or 0

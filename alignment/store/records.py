@@ -29,6 +29,7 @@ class Lease:
     texts: list[str]  # display order; model, adapter and candidate ids deliberately left out
     expires_at: float
     previous_ranks: list[int] | None = None  # the retracted ranking, after an undo
+    source: str | None = None  # where the prompt came from; AB_EVALUATION marks an A/B pair
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,17 @@ class StoredRanking:
     created_at: float
     tie: bool
     items: list[RankedItem] = field(default_factory=list)  # best first
+
+
+@dataclass(frozen=True)
+class StoredSkip:
+    """A current skip: who could not rank which prompt, and why."""
+
+    skip_id: int
+    prompt_id: int
+    annotator: str
+    reason: str
+    created_at: float
 
 
 @dataclass(frozen=True)

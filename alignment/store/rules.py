@@ -11,6 +11,10 @@ from collections.abc import Sequence
 from .errors import SubmissionError
 
 ROLES = ("annotator", "admin")
+# A prompt with this source is a blind A/B pair of a human evaluation (`alignment.human_eval`):
+# the ranking app asks which of its two answers is better instead of for ranks.
+AB_EVALUATION = "a/b evaluation"
+BOTH_BAD = "Both answers are bad"  # the skip reason behind the "Both bad" verdict
 
 
 def prompt_key(messages: Sequence[dict[str, str]]) -> str:

@@ -1,288 +1,294 @@
-"""The database schema: tables, views and the append-only triggers, versioned with
-`PRAGMA user_version` and upgraded in place by `MIGRATIONS`."""
+"""The database schema, one definition for SQLite and PostgreSQL: the tables (SQLAlchemy
+`MetaData`, compiled to each dialect's types), created with the views and rules of
+`database_rules`; versioned and upgraded in place by `migrate`.
+
+The tables are declared once and SQLAlchemy writes each dialect's DDL (timestamps are `Double`:
+float8 on PostgreSQL, where REAL would be float4 and lose seconds on epoch times). The views and
+the triggers behind the append-only tables and the rules live in `database_rules`.
+
+Versions: SQLite files keep theirs in `PRAGMA user_version`, PostgreSQL databases in the
+`app_settings` row `schema_version`. A new database is created at `CREATED_VERSION` straight from
+the declarations below; SQLite files made before that (versions 1 and 2) are upgraded through
+`schema_history`; `MIGRATIONS` hold the changes since, for both dialects.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    Double,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    inspect,
+    text,
+)
 
+from .database_rules import RULES, VIEWS
 from .errors import StoreError
+from .schema_history import SQLITE_HISTORY
 
-SCHEMA_VERSION = 2
+metadata = MetaData()
 
 
-def _append_only(table: str) -> list[str]:
+def _json(column: str) -> list[CheckConstraint]:
+    """The column holds valid JSON, checked by each dialect's own function."""
     return [
-        f"CREATE TRIGGER {table}_no_update BEFORE UPDATE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: add a new row instead'); END",
-        f"CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table} "
-        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: nothing saved is deleted'); END",
+        CheckConstraint(f"json_valid({column})").ddl_if(dialect="sqlite"),
+        CheckConstraint(f"{column}::json IS NOT NULL").ddl_if(dialect="postgresql"),
     ]
 
 
-def _one_current(table: str) -> str:
-    """A trigger refusing a ranking or skip by an annotator who has a current one for the
-    prompt."""
-    return f"""CREATE TRIGGER {table}_one_current BEFORE INSERT ON {table}
-        WHEN EXISTS (SELECT 1 FROM current_rankings r
-                     WHERE r.prompt_id = new.prompt_id AND r.annotator_id = new.annotator_id)
-          OR EXISTS (SELECT 1 FROM current_skips s
-                     WHERE s.prompt_id = new.prompt_id AND s.annotator_id = new.annotator_id)
-        BEGIN SELECT RAISE(ABORT, 'this annotator already has a current ranking or skip for this prompt'); END"""
+def _time(name: str, nullable: bool = False) -> Column:
+    return Column(name, Double, nullable=nullable)
 
 
-# Each migration takes the schema from version i to i + 1 and runs in one transaction.
-MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE prompts (
-            id INTEGER PRIMARY KEY,
-            key TEXT NOT NULL UNIQUE,
-            messages TEXT NOT NULL CHECK (json_valid(messages)),
-            source TEXT,
-            created_at REAL NOT NULL
-        )""",
-        """CREATE TABLE candidates (
-            id INTEGER PRIMARY KEY,
-            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-            position INTEGER NOT NULL CHECK (position >= 0),
-            text TEXT NOT NULL,
-            num_tokens INTEGER,
-            finish_reason TEXT,
-            model TEXT NOT NULL,
-            adapter TEXT,
-            settings TEXT NOT NULL CHECK (json_valid(settings)),
-            seed INTEGER,
-            created_at REAL NOT NULL,
-            UNIQUE (prompt_id, position)
-        )""",
-        """CREATE TABLE annotators (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            role TEXT NOT NULL CHECK (role IN ('annotator', 'admin')),
-            created_at REAL NOT NULL
-        )""",
-        """CREATE TABLE assignments (
-            id INTEGER PRIMARY KEY,
-            token TEXT NOT NULL UNIQUE,
-            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            created_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            closed_at REAL,
-            outcome TEXT CHECK (outcome IN ('ranked', 'skipped', 'released'))
-        )""",
-        "CREATE INDEX assignments_open ON assignments (prompt_id, closed_at, expires_at)",
-        "CREATE INDEX assignments_annotator ON assignments (annotator_id, closed_at)",
-        """CREATE TABLE rankings (
-            id INTEGER PRIMARY KEY,
-            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            assignment_id INTEGER REFERENCES assignments(id),
-            supersedes INTEGER UNIQUE REFERENCES rankings(id),
-            tie INTEGER NOT NULL CHECK (tie IN (0, 1)),
-            created_at REAL NOT NULL
-        )""",
-        "CREATE INDEX rankings_prompt ON rankings (prompt_id, annotator_id)",
-        "CREATE INDEX rankings_annotator ON rankings (annotator_id, created_at)",
-        """CREATE TABLE ranking_items (
-            ranking_id INTEGER NOT NULL REFERENCES rankings(id),
-            candidate_id INTEGER NOT NULL REFERENCES candidates(id),
-            rank INTEGER NOT NULL CHECK (rank >= 1),
-            PRIMARY KEY (ranking_id, candidate_id)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE skips (
-            id INTEGER PRIMARY KEY,
-            prompt_id INTEGER NOT NULL REFERENCES prompts(id),
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            assignment_id INTEGER REFERENCES assignments(id),
-            reason TEXT NOT NULL CHECK (length(trim(reason)) > 0),
-            created_at REAL NOT NULL
-        )""",
-        "CREATE INDEX skips_prompt ON skips (prompt_id, annotator_id)",
-        """CREATE TABLE retractions (
-            id INTEGER PRIMARY KEY,
-            ranking_id INTEGER UNIQUE REFERENCES rankings(id),
-            skip_id INTEGER UNIQUE REFERENCES skips(id),
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            created_at REAL NOT NULL,
-            CHECK ((ranking_id IS NULL) <> (skip_id IS NULL))
-        )""",
-        """CREATE VIEW current_rankings AS
-            SELECT r.* FROM rankings r
-            WHERE NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = r.id)
-              AND NOT EXISTS (SELECT 1 FROM retractions x WHERE x.ranking_id = r.id)""",
-        """CREATE VIEW current_skips AS
-            SELECT s.* FROM skips s
-            WHERE NOT EXISTS (SELECT 1 FROM retractions x WHERE x.skip_id = s.id)""",
-        *[
-            statement
-            for table in ("prompts", "candidates", "rankings", "ranking_items", "skips")
-            for statement in _append_only(table)
-        ],
-        *_append_only("retractions"),
-    ],
-    # 2: the queue, kept by triggers in the transaction of every write, so handing out the next
-    # prompt and counting what is left cost the same at a million prompts as at a thousand.
-    [
-        # Rules the code already keeps, now kept by the database too (the queue counts rely on
-        # them): one current ranking or skip per annotator and prompt, and only a retracted
-        # ranking of the same annotator and prompt may be superseded.
-        _one_current("rankings"),
-        """CREATE TRIGGER rankings_supersede_retracted BEFORE INSERT ON rankings
-           WHEN new.supersedes IS NOT NULL AND NOT EXISTS (
-               SELECT 1 FROM rankings r JOIN retractions x ON x.ranking_id = r.id
-               WHERE r.id = new.supersedes AND r.prompt_id = new.prompt_id
-                 AND r.annotator_id = new.annotator_id)
-           BEGIN SELECT RAISE(ABORT,
-             'a ranking supersedes only a retracted ranking of the same annotator and prompt');
-           END""",
-        _one_current("skips"),
-        """CREATE TRIGGER retractions_of_current BEFORE INSERT ON retractions
-           WHEN EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = new.ranking_id)
-           BEGIN SELECT RAISE(ABORT, 'only a current ranking can be retracted'); END""",
-        # Every prompt with candidates, with its number of current rankings.
-        """CREATE TABLE queue (
-            prompt_id INTEGER PRIMARY KEY REFERENCES prompts(id),
-            ranked INTEGER NOT NULL CHECK (ranked >= 0)
-        )""",
-        "CREATE INDEX queue_by_ranked ON queue (ranked, prompt_id)",
-        # How many queued prompts have each `ranked` count.
-        """CREATE TABLE queue_sizes (
-            ranked INTEGER PRIMARY KEY,
-            prompts INTEGER NOT NULL CHECK (prompts >= 0)
-        )""",
-        # (annotator, prompt) for every current ranking or skip: the prompts that annotator is
-        # done with.
-        """CREATE TABLE queue_done (
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            prompt_id INTEGER NOT NULL REFERENCES queue(prompt_id),
-            PRIMARY KEY (annotator_id, prompt_id)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX queue_done_by_prompt ON queue_done (prompt_id, annotator_id)",
-        # How many of an annotator's done prompts have each `ranked` count.
-        """CREATE TABLE done_sizes (
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            ranked INTEGER NOT NULL,
-            prompts INTEGER NOT NULL CHECK (prompts >= 0),
-            PRIMARY KEY (annotator_id, ranked)
-        ) WITHOUT ROWID""",
-        # Where an annotator's search for a prompt starts, per `per_prompt` (N): every queued
-        # prompt below `next_prompt` is one they are done with, one with N or more rankings, or
-        # one listed in queue_reopened (the triggers list a prompt there when it may have become
-        # free again, rather than moving the cursor back over all the work since).
-        """CREATE TABLE queue_cursors (
-            annotator_id INTEGER NOT NULL REFERENCES annotators(id),
-            per_prompt INTEGER NOT NULL CHECK (per_prompt >= 1),
-            next_prompt INTEGER NOT NULL,
-            PRIMARY KEY (annotator_id, per_prompt)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE queue_reopened (
-            annotator_id INTEGER NOT NULL,
-            per_prompt INTEGER NOT NULL,
-            prompt_id INTEGER NOT NULL,
-            PRIMARY KEY (annotator_id, per_prompt, prompt_id),
-            FOREIGN KEY (annotator_id, per_prompt)
-              REFERENCES queue_cursors (annotator_id, per_prompt)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX assignments_live ON assignments (closed_at, expires_at)",
-        "CREATE INDEX skips_annotator ON skips (annotator_id, created_at)",
-        """CREATE TRIGGER candidates_queue AFTER INSERT ON candidates
-           WHEN NOT EXISTS (SELECT 1 FROM queue WHERE prompt_id = new.prompt_id)
-           BEGIN
-             INSERT INTO queue (prompt_id, ranked) VALUES (new.prompt_id,
-               (SELECT count(*) FROM current_rankings WHERE prompt_id = new.prompt_id));
-           END""",
-        """CREATE TRIGGER queue_added AFTER INSERT ON queue BEGIN
-             INSERT INTO queue_sizes (ranked, prompts) VALUES (new.ranked, 1)
-               ON CONFLICT (ranked) DO UPDATE SET prompts = prompts + 1;
-             INSERT OR IGNORE INTO queue_reopened (annotator_id, per_prompt, prompt_id)
-               SELECT annotator_id, per_prompt, new.prompt_id FROM queue_cursors
-               WHERE next_prompt > new.prompt_id;
-           END""",
-        """CREATE TRIGGER queue_ranked AFTER UPDATE OF ranked ON queue
-           WHEN new.ranked <> old.ranked BEGIN
-             UPDATE queue_sizes SET prompts = prompts - 1 WHERE ranked = old.ranked;
-             INSERT INTO queue_sizes (ranked, prompts) VALUES (new.ranked, 1)
-               ON CONFLICT (ranked) DO UPDATE SET prompts = prompts + 1;
-             UPDATE done_sizes SET prompts = prompts - 1
-               WHERE ranked = old.ranked AND annotator_id IN
-                 (SELECT annotator_id FROM queue_done WHERE prompt_id = new.prompt_id);
-             INSERT INTO done_sizes (annotator_id, ranked, prompts)
-               SELECT annotator_id, new.ranked, 1 FROM queue_done
-               WHERE prompt_id = new.prompt_id
-               ON CONFLICT (annotator_id, ranked) DO UPDATE SET prompts = prompts + 1;
-             -- Fewer rankings: maybe free again for every N it had reached.
-             INSERT OR IGNORE INTO queue_reopened (annotator_id, per_prompt, prompt_id)
-               SELECT annotator_id, per_prompt, new.prompt_id FROM queue_cursors
-               WHERE next_prompt > new.prompt_id
-                 AND per_prompt > new.ranked AND per_prompt <= old.ranked;
-           END""",
-        """CREATE TRIGGER queue_done_added AFTER INSERT ON queue_done BEGIN
-             INSERT INTO done_sizes (annotator_id, ranked, prompts) VALUES (new.annotator_id,
-               (SELECT ranked FROM queue WHERE prompt_id = new.prompt_id), 1)
-               ON CONFLICT (annotator_id, ranked) DO UPDATE SET prompts = prompts + 1;
-           END""",
-        """CREATE TRIGGER queue_done_removed AFTER DELETE ON queue_done BEGIN
-             UPDATE done_sizes SET prompts = prompts - 1
-               WHERE annotator_id = old.annotator_id
-                 AND ranked = (SELECT ranked FROM queue WHERE prompt_id = old.prompt_id);
-             INSERT OR IGNORE INTO queue_reopened (annotator_id, per_prompt, prompt_id)
-               SELECT annotator_id, per_prompt, old.prompt_id FROM queue_cursors
-               WHERE annotator_id = old.annotator_id AND next_prompt > old.prompt_id;
-           END""",
-        """CREATE TRIGGER rankings_queue AFTER INSERT ON rankings BEGIN
-             UPDATE queue SET ranked = ranked + 1 WHERE prompt_id = new.prompt_id;
-             INSERT INTO queue_done (annotator_id, prompt_id)
-               SELECT new.annotator_id, new.prompt_id
-               WHERE EXISTS (SELECT 1 FROM queue WHERE prompt_id = new.prompt_id);
-           END""",
-        """CREATE TRIGGER skips_queue AFTER INSERT ON skips BEGIN
-             INSERT INTO queue_done (annotator_id, prompt_id)
-               SELECT new.annotator_id, new.prompt_id
-               WHERE EXISTS (SELECT 1 FROM queue WHERE prompt_id = new.prompt_id);
-           END""",
-        """CREATE TRIGGER retractions_queue AFTER INSERT ON retractions BEGIN
-             UPDATE queue SET ranked = ranked - 1
-               WHERE prompt_id = (SELECT prompt_id FROM rankings WHERE id = new.ranking_id);
-             DELETE FROM queue_done
-               WHERE annotator_id = (SELECT annotator_id FROM rankings WHERE id = new.ranking_id)
-                 AND prompt_id = (SELECT prompt_id FROM rankings WHERE id = new.ranking_id);
-             DELETE FROM queue_done
-               WHERE annotator_id = (SELECT annotator_id FROM skips WHERE id = new.skip_id)
-                 AND prompt_id = (SELECT prompt_id FROM skips WHERE id = new.skip_id);
-           END""",
-        # Fill the queue from what an older file holds (the triggers above keep the counts).
-        """INSERT INTO queue (prompt_id, ranked)
-           SELECT p.id, (SELECT count(*) FROM current_rankings r WHERE r.prompt_id = p.id)
-           FROM prompts p WHERE EXISTS (SELECT 1 FROM candidates c WHERE c.prompt_id = p.id)""",
-        """INSERT INTO queue_done (annotator_id, prompt_id)
-           SELECT DISTINCT annotator_id, prompt_id FROM (
-             SELECT annotator_id, prompt_id FROM current_rankings
-             UNION ALL SELECT annotator_id, prompt_id FROM current_skips)
-           WHERE prompt_id IN (SELECT prompt_id FROM queue)""",
-    ],
-]
+Table(
+    "prompts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", Text, nullable=False, unique=True),
+    Column("messages", Text, nullable=False),
+    Column("source", Text),
+    _time("created_at"),
+    *_json("messages"),
+)
+Table(
+    "candidates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("position", Integer, CheckConstraint("position >= 0"), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("num_tokens", Integer),
+    Column("finish_reason", Text),
+    Column("model", Text, nullable=False),
+    Column("adapter", Text),
+    Column("settings", Text, nullable=False),
+    Column("seed", Integer),
+    _time("created_at"),
+    UniqueConstraint("prompt_id", "position"),
+    *_json("settings"),
+)
+Table(
+    "annotators",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("role", Text, CheckConstraint("role IN ('annotator', 'admin')"), nullable=False),
+    _time("created_at"),
+)
+Table(
+    "assignments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token", Text, nullable=False, unique=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    _time("created_at"),
+    _time("expires_at"),
+    _time("closed_at", nullable=True),
+    Column("outcome", Text, CheckConstraint("outcome IN ('ranked', 'skipped', 'released')")),
+    Index("assignments_open", "prompt_id", "closed_at", "expires_at"),
+    Index("assignments_annotator", "annotator_id", "closed_at"),
+    Index("assignments_live", "closed_at", "expires_at"),
+)
+Table(
+    "rankings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("assignment_id", Integer, ForeignKey("assignments.id")),
+    Column("supersedes", Integer, ForeignKey("rankings.id"), unique=True),
+    Column("tie", Integer, CheckConstraint("tie IN (0, 1)"), nullable=False),
+    _time("created_at"),
+    Index("rankings_prompt", "prompt_id", "annotator_id"),
+    Index("rankings_annotator", "annotator_id", "created_at"),
+)
+Table(
+    "ranking_items",
+    metadata,
+    Column("ranking_id", Integer, ForeignKey("rankings.id"), nullable=False),
+    Column("candidate_id", Integer, ForeignKey("candidates.id"), nullable=False),
+    Column("rank", Integer, CheckConstraint("rank >= 1"), nullable=False),
+    PrimaryKeyConstraint("ranking_id", "candidate_id"),
+    sqlite_with_rowid=False,
+)
+Table(
+    "skips",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("assignment_id", Integer, ForeignKey("assignments.id")),
+    Column("reason", Text, CheckConstraint("length(trim(reason)) > 0"), nullable=False),
+    _time("created_at"),
+    Index("skips_prompt", "prompt_id", "annotator_id"),
+    Index("skips_annotator", "annotator_id", "created_at"),
+)
+Table(
+    "retractions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ranking_id", Integer, ForeignKey("rankings.id"), unique=True),
+    Column("skip_id", Integer, ForeignKey("skips.id"), unique=True),
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    _time("created_at"),
+    CheckConstraint("(ranking_id IS NULL) <> (skip_id IS NULL)"),
+)
+# The queue (kept by `queueing` in the transaction of every write), so handing out the next
+# prompt and counting what is left cost the same at a million prompts as at a thousand.
+# Every prompt with candidates, with its number of current rankings.
+Table(
+    "queue",
+    metadata,
+    Column("prompt_id", Integer, ForeignKey("prompts.id"), primary_key=True, autoincrement=False),
+    Column("ranked", Integer, CheckConstraint("ranked >= 0"), nullable=False),
+    Index("queue_by_ranked", "ranked", "prompt_id"),
+)
+# How many queued prompts have each `ranked` count.
+Table(
+    "queue_sizes",
+    metadata,
+    Column("ranked", Integer, primary_key=True, autoincrement=False),
+    Column("prompts", Integer, CheckConstraint("prompts >= 0"), nullable=False),
+)
+# (annotator, prompt) for every current ranking or skip: the prompts that annotator is done with.
+Table(
+    "queue_done",
+    metadata,
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("prompt_id", Integer, ForeignKey("queue.prompt_id"), nullable=False),
+    PrimaryKeyConstraint("annotator_id", "prompt_id"),
+    Index("queue_done_by_prompt", "prompt_id", "annotator_id"),
+    sqlite_with_rowid=False,
+)
+# How many of an annotator's done prompts have each `ranked` count.
+Table(
+    "done_sizes",
+    metadata,
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("ranked", Integer, nullable=False),
+    Column("prompts", Integer, CheckConstraint("prompts >= 0"), nullable=False),
+    PrimaryKeyConstraint("annotator_id", "ranked"),
+    sqlite_with_rowid=False,
+)
+# Where an annotator's search for a prompt starts, per `per_prompt` (N): every queued prompt
+# below `next_prompt` is one they are done with, one with N or more rankings, or one listed in
+# queue_reopened (a prompt that may have become free again, rather than moving the cursor back
+# over all the work since).
+Table(
+    "queue_cursors",
+    metadata,
+    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+    Column("per_prompt", Integer, CheckConstraint("per_prompt >= 1"), nullable=False),
+    Column("next_prompt", Integer, nullable=False),
+    PrimaryKeyConstraint("annotator_id", "per_prompt"),
+    sqlite_with_rowid=False,
+)
+Table(
+    "queue_reopened",
+    metadata,
+    Column("annotator_id", Integer, nullable=False),
+    Column("per_prompt", Integer, nullable=False),
+    Column("prompt_id", Integer, nullable=False),
+    PrimaryKeyConstraint("annotator_id", "per_prompt", "prompt_id"),
+    ForeignKeyConstraint(
+        ["annotator_id", "per_prompt"], ["queue_cursors.annotator_id", "queue_cursors.per_prompt"]
+    ),
+    sqlite_with_rowid=False,
+)
+# Signed-in sessions of the ranking app, by a keyed hash of the cookie's token (never the token
+# itself), so every app process on the database knows them and a restart keeps them.
+Table(
+    "sessions",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    _time("created_at"),
+)
+# Named values of the database as a whole: the schema version (PostgreSQL) and the app's secret.
+Table(
+    "app_settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+CREATED_VERSION = 3  # what `create` makes; SQLite files below it come up through schema_history
+# Changes after version 3, for both dialects: each takes the schema from version i to i + 1.
+MIGRATIONS: list[list[str]] = []
+SCHEMA_VERSION = CREATED_VERSION + len(MIGRATIONS)
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> None:
-    """Bring the file up to the newest schema; run inside one write transaction. `path` is only
-    for error messages."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > len(MIGRATIONS):
+def schema_version(conn: Connection) -> int:
+    """The schema version of the database `conn` is on; 0 for one without the store's schema."""
+    if conn.dialect.name == "sqlite":
+        return conn.exec_driver_sql("PRAGMA user_version").scalar_one()
+    if not inspect(conn).has_table("app_settings"):
+        return 0
+    value = conn.execute(
+        text("SELECT value FROM app_settings WHERE name = 'schema_version'")
+    ).scalar_one_or_none()
+    return int(value or 0)
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA user_version = {int(version)}")
+        return
+    conn.execute(
+        text(
+            "INSERT INTO app_settings (name, value) VALUES ('schema_version', :v) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        ),
+        {"v": str(version)},
+    )
+
+
+def create(conn: Connection) -> None:
+    """The whole schema at CREATED_VERSION, in an empty database."""
+    metadata.create_all(conn)
+    for statement in VIEWS + RULES[conn.dialect.name]:
+        conn.exec_driver_sql(statement)
+
+
+def migrate(conn: Connection, name: str) -> None:
+    """Bring the database up to the newest schema; run inside one write transaction (so a crash
+    mid-migration leaves the old version and the old schema, never a half-upgraded database).
+    `name` is only for error messages."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
         raise StoreError(
-            f"{path}: schema version {version} is newer than this program knows "
-            f"({len(MIGRATIONS)}); upgrade the alignment package"
+            f"{name}: schema version {version} is newer than this program knows "
+            f"({SCHEMA_VERSION}); upgrade the alignment package"
         )
+    if version == SCHEMA_VERSION:
+        return
     if version == 0:
-        tables = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
-        if tables.fetchone()[0]:
+        if inspect(conn).get_table_names():
             raise StoreError(
-                f"{path}: an SQLite database that is not a ranking store "
+                f"{name}: a database that is not a ranking store "
                 "(it has tables but no schema version)"
             )
-    for target, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+        create(conn)
+        version = CREATED_VERSION
+    elif version < CREATED_VERSION:  # an SQLite file made before PostgreSQL support
+        for statements in SQLITE_HISTORY[version:]:
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+        metadata.create_all(conn)  # the tables added since (checkfirst: the others are there)
+        version = CREATED_VERSION
+    for statements in MIGRATIONS[version - CREATED_VERSION :]:
         for statement in statements:
-            conn.execute(statement)
-        # user_version is part of the same transaction: a crash mid-migration leaves the old
-        # version and the old schema, never a half-upgraded file.
-        conn.execute(f"PRAGMA user_version = {target}")
+            conn.exec_driver_sql(statement)
+    _set_version(conn, SCHEMA_VERSION)
