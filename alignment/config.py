@@ -77,6 +77,20 @@ class LoraConfig(Section):
         "all-linear",
         description="Module names to adapt, or all-linear (every linear but the LM head).",
     )
+    peft_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other option of peft's LoraConfig, e.g. {use_dora: true} or "
+        "{use_rslora: true}.",
+    )
+
+    @field_validator("peft_args")
+    @classmethod
+    def _known_peft_args(cls, peft_args: dict[str, Any]) -> dict[str, Any]:
+        import peft
+
+        # The keys this section (or the stage) sets itself are not passed through twice.
+        own = {"r", "lora_alpha", "lora_dropout", "target_modules", "task_type", "modules_to_save"}
+        return _known_options(peft_args, peft.LoraConfig, "peft", own)
 
 
 class DataSource(Section):
@@ -175,16 +189,30 @@ class TrainerSection(Section):
             return trainer_args  # no need to import TRL
         import trl
 
-        config_class = getattr(trl, cls.trl_config)
-        known = sorted(f.name for f in dataclasses.fields(config_class) if f.init)
-        unknown = [key for key in trainer_args if key not in known]
-        if unknown:
-            raise PydanticCustomError(
-                "unknown_trainer_arg",
-                "unknown key of TRL's {config}",
-                {"config": cls.trl_config, "keys": unknown, "known": known},
-            )
-        return trainer_args
+        return _known_options(trainer_args, getattr(trl, cls.trl_config), "trl", set())
+
+
+def _known_options(
+    options: dict[str, Any], config_class: type, library: str, own: set[str]
+) -> dict[str, Any]:
+    """`options` if each is a field of the library's dataclass `config_class` that the recipe
+    does not set itself; else an error naming each bad key with the closest field."""
+    clashing = sorted(own & set(options))
+    if clashing:
+        raise PydanticCustomError(
+            "option_set_by_recipe",
+            "{keys}: set by the recipe's own keys, not here",
+            {"keys": ", ".join(clashing)},
+        )
+    known = sorted(f.name for f in dataclasses.fields(config_class) if f.init and f.name not in own)
+    unknown = [key for key in options if key not in known]
+    if unknown:
+        raise PydanticCustomError(
+            "unknown_library_option",
+            "unknown key of {library}.{config}",
+            {"library": library, "config": config_class.__name__, "keys": unknown, "known": known},
+        )
+    return options
 
 
 def _default(section: type[BaseModel], name: str, value: Any) -> Any:
@@ -583,11 +611,13 @@ def _describe(error: dict[str, Any]) -> str:
         p for p in error["loc"] if (not isinstance(p, int) or p >= 0) and p not in _DATA_TAGS
     )
     key = ".".join(str(p) for p in loc)
-    if error["type"] == "unknown_trainer_arg":
+    if error["type"] == "unknown_library_option":
         context = error["ctx"]
+        owner = {"trl": "TRL", "peft": "peft"}[context["library"]]
         return "\n  ".join(
-            f"{key}.{name}: unknown key of TRL's {context['config']}"
-            f"{_did_you_mean(name, context['known'])} (see `help(trl.{context['config']})`)"
+            f"{key}.{name}: unknown key of {owner}'s {context['config']}"
+            f"{_did_you_mean(name, context['known'])} "
+            f"(see `help({context['library']}.{context['config']})`)"
             for name in context["keys"]
         )
     if error["type"] == "extra_forbidden":

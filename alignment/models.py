@@ -369,4 +369,5 @@ def peft_config(
         target_modules=lora.target_modules,
         task_type=task_type,
         modules_to_save=modules_to_save,
+        **lora.peft_args,
     )

@@ -163,3 +163,32 @@ def test_trainer_args_reach_trl_but_cannot_change_what_align_sets(tmp_path):
         RecipeError, match=r"sft.trainer_args: TRL's SFTConfig refused them: .*nonsense"
     ):
         config("sft.trainer_args={optim: nonsense}")
+
+
+def test_peft_args_reach_peft_and_dora_trains(tiny_model_dir):
+    import torch
+    from peft import get_peft_model
+
+    from alignment.models import load_model, peft_config
+
+    recipe = load_recipe(
+        ROOT / "recipes" / "quickstart.yaml",
+        [
+            f"model.name={tiny_model_dir}",
+            "model.quantization=none",
+            "lora.peft_args={use_dora: true}",
+        ],
+    )
+    model = get_peft_model(load_model(recipe.model), peft_config(recipe.lora))
+    magnitudes = [p for n, p in model.named_parameters() if "lora_magnitude_vector" in n]
+    assert magnitudes and all(p.requires_grad for p in magnitudes)  # DoRA's magnitude is trained
+    model(torch.tensor([[1, 2, 3]]), labels=torch.tensor([[1, 2, 3]])).loss.backward()
+    assert magnitudes[0].grad is not None
+
+    with pytest.raises(
+        RecipeError,
+        match=r"lora.peft_args.use_dorra: unknown key of peft's LoraConfig; did you mean 'use_dora'",
+    ):
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", ["lora.peft_args={use_dorra: true}"])
+    with pytest.raises(RecipeError, match=r"lora.peft_args: r: set by the recipe's own keys"):
+        load_recipe(ROOT / "recipes" / "quickstart.yaml", ["lora.peft_args={r: 8}"])
