@@ -221,10 +221,11 @@ def run_trl(
     batches: list[list[list[int]]],
     seed: int,
     work: Path,
+    model_dir: str,
 ) -> tuple[Measured, list[dict]]:
     stats = json.loads((run_dir / "rm" / "reward_stats.json").read_text())
     spec = {
-        "model_dir": resolve_model(ModelConfig()),
+        "model_dir": model_dir,
         "dtype": args.dtype,
         "sft_adapter": str(run_dir / "sft"),
         "reward_model": str(reward_dir),
@@ -376,6 +377,7 @@ def main() -> None:
     trl = install_trl(cache_root(ModelConfig()))
     reward_dir = merged_reward_model(cache, run_dir / "rm")
     tokenizer = load_tokenizer(ModelConfig())
+    model_dir = resolve_model(ModelConfig())
     root = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     log(f"work directory {root}")
 
@@ -391,7 +393,9 @@ def main() -> None:
         # whose load swings by minutes, and one side after the other gave one a quieter time.
         with ThreadPoolExecutor(max_workers=2) as pool:
             ours_job = pool.submit(run_ours, args, run_dir, seed, work)
-            trl_job = pool.submit(run_trl, args, trl, run_dir, reward_dir, batches, seed, work)
+            trl_job = pool.submit(
+                run_trl, args, trl, run_dir, reward_dir, batches, seed, work, model_dir
+            )
             (ours, ours_metrics), (trl, trl_updates) = ours_job.result(), trl_job.result()
         log(f"seed {seed}: align ppo {ours.wall_seconds:.0f} s, {ours.peak_rss_mib:.0f} MiB peak")
         log(f"seed {seed}: TRL {trl.wall_seconds:.0f} s, {trl.peak_rss_mib:.0f} MiB peak")

@@ -167,7 +167,11 @@ def main() -> None:
     trainer.train()
     trainer.model.policy.save_pretrained(spec["output_dir"])  # the LoRA policy, for re-scoring
     tokenizer.save_pretrained(spec["output_dir"])
-    print(json.dumps({"trl_done": True, "policy": spec["output_dir"]}), flush=True)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    print(
+        json.dumps({"trl_done": True, "policy": spec["output_dir"], "peak_gpu_gib": peak}),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

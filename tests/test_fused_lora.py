@@ -74,3 +74,22 @@ def test_dropout_training_and_disabled_adapters_match_peft(tiny_model_dir):
         torch.testing.assert_close(fused.eval()(input_ids=ids).logits, base_logits)
     with torch.no_grad():
         assert not torch.allclose(fused(input_ids=ids).logits, base_logits)  # the adapter is back
+
+
+def test_fused_forward_on_4bit_layers_with_a_bias(tiny_model_dir, tmp_path):
+    """bitsandbytes' 4-bit layer with a bias (Qwen2's q/k/v) returns a view autograd guards."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.attention_bias = True
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    plain = lora_model(tmp_path, "float32", "4bit")
+    fused = lora_model(tmp_path, "float32", "4bit")
+    assert fuse_lora(fused) == 14
+    expected_logits, expected_grads = loss_and_grads(plain)
+    logits, grads = loss_and_grads(fused)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[name], atol=1e-4, rtol=1e-3)

@@ -61,5 +61,10 @@ def _fused_forward(
     if result.dtype != up.weight.dtype:  # under autocast: PEFT's own sum, cast back as it does
         return (result + up(reduced) * layer.scaling[name]).to(result.dtype)
     flat = result.view(-1, result.shape[-1])
-    flat.addmm_(reduced.view(-1, reduced.shape[-1]), up.weight.t(), alpha=layer.scaling[name])
+    update = (reduced.view(-1, reduced.shape[-1]), up.weight.t())
+    if torch.is_grad_enabled() and result._is_view():
+        # bitsandbytes' 4-bit layer with a bias (Qwen2's q/k/v) returns a view of its autograd
+        # Function's output, which autograd forbids changing in place.
+        return torch.addmm(flat, *update, alpha=layer.scaling[name]).view(result.shape)
+    flat.addmm_(*update, alpha=layer.scaling[name])
     return result
