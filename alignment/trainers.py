@@ -111,7 +111,10 @@ def save(
         shutil.rmtree(staging, ignore_errors=True)
         for adapter in trainer.model.peft_config.values():
             name_base_in(adapter, recipe.model)
-        trainer.model.save_pretrained(staging, selected_adapters=adapters)
+        # We never resize the vocabulary; "auto" would look the base up on the Hub to check.
+        trainer.model.save_pretrained(
+            staging, selected_adapters=adapters, save_embedding_layers=False
+        )
         start.tokenizer.save_pretrained(staging)
         metrics = summary if card_metrics is None else card_metrics
         write_model_card(staging, recipe, stage, base_model_id(recipe.model), metrics, card_note)
