@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from alignment.runs import read_jsonl
+from alignment.stats import Interval
 
 
 def _load(path: Path) -> Any:
@@ -61,8 +62,8 @@ def _series(
 
 
 def _fmt(value: Any) -> str:
-    if isinstance(value, dict):  # an estimate with its interval (alignment.stats.Interval)
-        return f"{value['estimate']:.3f} [{value['low']:.3f}, {value['high']:.3f}]"
+    if isinstance(value, dict):  # an estimate with its interval, as eval.json stores it
+        return str(Interval(**value))
     if isinstance(value, float):
         return f"{value:.3f}"
     return "–" if value is None else str(value)

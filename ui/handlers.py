@@ -11,6 +11,7 @@ import gradio as gr
 
 from alignment.errors import AlignmentError
 from alignment.export import Aggregate, Format
+from alignment.stats import Interval
 from alignment.store import AB_EVALUATION, Lease, LeaseError, SubmissionError, letter
 
 from .render import render_conversation, render_text
@@ -52,10 +53,6 @@ def score(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def interval(value: dict[str, float]) -> str:
-    return f"{value['estimate']:.2f} [{value['low']:.2f}, {value['high']:.2f}]"
-
-
 def admin_tables(stats: dict[str, Any]) -> list[Any]:
     """The admin tab's summary line, per-annotator rows and per-prompt agreement rows."""
     report = stats["agreement"]
@@ -72,11 +69,11 @@ def admin_tables(stats: dict[str, Any]) -> list[Any]:
         summary += f"\n\n**A/B evaluation** ({human['pairs']} pairs): {counts}"
         if "win_rate" in human:
             per_person = "; ".join(
-                f"{name} {interval(own['win_rate'])} ({own['judgements']})"
+                f"{name} {Interval(**own['win_rate'])} ({own['judgements']})"
                 for name, own in human["per_annotator"].items()
             )
             summary += (
-                f" · **final policy's win rate over SFT:** {interval(human['win_rate'])} "
+                f" · **final policy's win rate over SFT:** {Interval(**human['win_rate'])} "
                 f"(95% interval over prompts) · by annotator: {per_person}"
             )
     people = [

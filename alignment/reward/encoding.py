@@ -78,28 +78,23 @@ def length_balanced(rows: Sequence[EncodedComparison]) -> list[EncodedComparison
     in half of the weight of unequal-length pairs and the shorter one in the other half (answer
     length in tokens). Under these weights length alone predicts no preference, so a reward model
     cannot fit the data by length (HH-RLHF harmless: the shorter answer wins 60% of pairs)."""
-    longer = shorter = 0
-    for row in rows:
-        for b, w in zip(row.better, row.worse, strict=True):
-            longer += len(row.tails[b]) > len(row.tails[w])
-            shorter += len(row.tails[b]) < len(row.tails[w])
+    # Per pair: 1 where the preferred answer is the longer one, -1 the shorter, 0 equal.
+    directions = [
+        [
+            (len(row.tails[b]) > len(row.tails[w])) - (len(row.tails[b]) < len(row.tails[w]))
+            for b, w in zip(row.better, row.worse, strict=True)
+        ]
+        for row in rows
+    ]
+    longer = sum(d.count(1) for d in directions)
+    shorter = sum(d.count(-1) for d in directions)
     if not longer or not shorter:
         return list(rows)  # nothing to balance against
     unequal = longer + shorter
-    weight_longer, weight_shorter = unequal / (2 * longer), unequal / (2 * shorter)
+    weight = {1: unequal / (2 * longer), -1: unequal / (2 * shorter), 0: 1.0}
     return [
-        replace(
-            row,
-            pair_weights=[
-                weight_longer
-                if len(row.tails[b]) > len(row.tails[w])
-                else weight_shorter
-                if len(row.tails[b]) < len(row.tails[w])
-                else 1.0
-                for b, w in zip(row.better, row.worse, strict=True)
-            ],
-        )
-        for row in rows
+        replace(row, pair_weights=[weight[d] for d in pair_directions])
+        for row, pair_directions in zip(rows, directions, strict=True)
     ]
 
 
