@@ -232,10 +232,15 @@ def run_human_eval(recipe: Recipe, db: str) -> dict[str, Any]:
         )
     report = json.loads((out / "eval.json").read_text())
     stage = report["final_stage"]
+    rows = read_jsonl(out / "answers.jsonl")
+    if rows and "messages" not in rows[0]:
+        # Evaluations written before A/B evaluation kept only the last user turn.
+        raise RunStateError(
+            f"{out / 'answers.jsonl'}: rows have no `messages` (written by an older `align eval`); "
+            "rerun `align run RECIPE --from eval --until eval` first"
+        )
     store = Store(db)
-    added = post_pairs(
-        store, read_jsonl(out / "answers.jsonl"), stage, recipe.model.name, recipe.seed
-    )
+    added = post_pairs(store, rows, stage, recipe.model.name, recipe.seed)
     pairs = store.prompts_from(AB_EVALUATION)
     report["human"] = {"db": db, **summarise_humans(verdicts(store), pairs, recipe.seed)}
     write_json(out / "eval.json", report)

@@ -86,6 +86,21 @@ def test_whole_chain_runs_skips_finished_stages_redoes_stale_ones_and_reports(ch
     assert run_chain(recipe) == ["sample", "rank", "report"]  # and now all is current
 
 
+def test_human_eval_of_an_older_evaluation_says_to_rerun_it(chain_recipe, capsys):
+    recipe = load_recipe(chain_recipe)
+    out = recipe.output_dir / "eval"
+    out.mkdir(parents=True)
+    (out / "eval.json").write_text(json.dumps({"final_stage": "ppo"}))
+    old_row = {"prompt": "Hi?", "sft_answer": "Hello.", "ppo_answer": "Hi."}  # no `messages`
+    (out / "answers.jsonl").write_text(json.dumps(old_row) + "\n")
+    with pytest.raises(SystemExit):
+        main(["eval", str(chain_recipe), "--with", "humans"])
+    assert re.search(
+        r"answers.jsonl: rows have no `messages`.*--from eval", capsys.readouterr().err
+    )
+    assert not (out / "humans.db").exists()
+
+
 def test_from_and_until(chain_recipe):
     recipe = load_recipe(chain_recipe)
     assert run_chain(recipe, until="rank") == ["sft", "sample", "rank"]
