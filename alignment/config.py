@@ -21,6 +21,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
@@ -371,6 +372,16 @@ class PPOConfig(Section):
     unfinished_penalty: float = Field(
         -1.0, description="Added to the score of an answer that hit max_new_tokens without ending."
     )
+    length_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="Subtracted from the normalised score per unit of relative distance from "
+        "length_target (|tokens - target| / target), so PPO cannot win by answer length alone. "
+        "0: off.",
+    )
+    length_target: int | None = Field(
+        None, gt=0, description="Answer length in tokens that length_penalty pulls towards."
+    )
     kl_coef: float = Field(
         0.05, ge=0, description="Weight of the per-token KL penalty to the SFT model."
     )
@@ -397,6 +408,12 @@ class PPOConfig(Section):
     whiten_advantages: bool = Field(True, description="Whiten advantages per update.")
     sample_every: int = Field(5, gt=0, description="Log a table of sample answers every N updates.")
     save_every: int = Field(5, gt=0, description="Write a resumable checkpoint every N updates.")
+
+    @model_validator(mode="after")
+    def _length_target_with_penalty(self) -> PPOConfig:
+        if self.length_penalty > 0 and self.length_target is None:
+            raise ValueError("length_penalty needs length_target (answer tokens to pull towards)")
+        return self
 
 
 DPOLoss = Literal[

@@ -235,7 +235,10 @@ def save_policy(parts: PPOParts, out: Path, summary: dict[str, Any]) -> None:
     peft = parts.model.peft
     config = peft.peft_config["policy"]
     with parts.learner.masters.swapped_in():  # the float32 weights the optimizer holds
-        weights = get_peft_model_state_dict(peft, adapter_name="policy")
+        # We never resize the vocabulary; "auto" would look the base up on the Hub to check.
+        weights = get_peft_model_state_dict(
+            peft, adapter_name="policy", save_embedding_layers=False
+        )
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in weights.items()},
             out / "adapter_model.safetensors",

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from alignment.config import load_recipe
-from alignment.errors import DataError, RunStateError, TrainingDiverged
+from alignment.errors import DataError, RecipeError, RunStateError, TrainingDiverged
 from alignment.models import _Float32Head, float32_logits, load_model, load_tokenizer
 from alignment.ppo import build, ppo_update, run_ppo, save_policy
 from alignment.reward import load_reward_model, score
@@ -295,6 +295,16 @@ def test_rollout_rewards_are_the_reward_models_own_scores(ppo_base, tmp_path):
         rollout.raw_scores, score(model, tokenizer, conversations), atol=1e-5, rtol=1e-5
     )
     assert not rollout.finished.all()  # 6 new tokens: some answers never ended, yet match
+
+    # The length term: a score loses length_penalty per relative distance from the target.
+    sampler, lengths = parts.sampler, rollout.mask.sum(1)
+    plain = sampler.shaped(rollout.raw_scores, rollout.finished, lengths)
+    torch.testing.assert_close(plain, rollout.scores)
+    sampler.cfg = sampler.cfg.model_copy(update={"length_penalty": 0.5, "length_target": 4})
+    penalised = sampler.shaped(rollout.raw_scores, rollout.finished, lengths)
+    torch.testing.assert_close(plain - penalised, 0.5 * (lengths - 4).abs() / 4)
+    with pytest.raises(RecipeError, match="length_penalty needs length_target"):
+        recipe_in(ppo_base, tmp_path / "bad", "ppo.length_penalty=0.5")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -251,7 +251,7 @@ class Sampler:
             ref_logprobs=ref_logprobs,
             values=values,
             raw_scores=raw_scores,
-            scores=self.shaped(raw_scores, finished_t),
+            scores=self.shaped(raw_scores, finished_t, mask.sum(1)),
             finished=finished_t,
             prompts=tuple(tokenizer.decode(ids) for _, ids in batch),
             answers=texts,
@@ -276,10 +276,16 @@ class Sampler:
         )
         return self.model.rewards(ids.to(self.device), mask.to(self.device))
 
-    def shaped(self, raw_scores: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
-        """Normalised with the reward model's statistics, clipped, and penalised if unfinished."""
-        scale = self.reward_scale
+    def shaped(
+        self, raw_scores: torch.Tensor, finished: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """Normalised with the reward model's statistics, clipped, penalised if unfinished and
+        for straying from the length target (`lengths`: answer tokens per row)."""
+        cfg, scale = self.cfg, self.reward_scale
         scores = (raw_scores - scale.mean) / scale.std
-        if self.cfg.reward_clip is not None:
-            scores = scores.clamp(-self.cfg.reward_clip, self.cfg.reward_clip)
-        return torch.where(finished, scores, scores + self.cfg.unfinished_penalty)
+        if cfg.reward_clip is not None:
+            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        if cfg.length_penalty:
+            target = float(cfg.length_target)
+            scores = scores - cfg.length_penalty * (lengths - target).abs() / target
+        return torch.where(finished, scores, scores + cfg.unfinished_penalty)
