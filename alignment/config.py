@@ -523,6 +523,12 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, gt=0, description="Longest answer, in tokens.")
     temperature: float = Field(0.0, ge=0, description="0: greedy answers, reproducible.")
     batch_size: int = Field(8, gt=0, description="Prompts generated together.")
+    max_kl_to_sft: float | None = Field(
+        None,
+        gt=0,
+        description="The KL to SFT (nats per answer) the final policy should stay under; the "
+        "evaluation says whether the upper end of its 95% interval does.",
+    )
     gold_reward_adapter: Path | None = Field(
         None,
         description="An independent reward adapter (not the one PPO optimised) to report gold "

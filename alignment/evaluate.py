@@ -115,6 +115,11 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
     reward_model, rewards = _rewards(recipe, prompts, answers)
     lengths = {name: [float(c.num_tokens) for c in answers[name]] for name in adapters}
     report = summarise(recipe.seed, stage, judged, rewards, lengths, answers, kls)
+    if cfg.max_kl_to_sft is not None:
+        report["kl_bound"] = {
+            "max": cfg.max_kl_to_sft,
+            "within": report["kl_to_sft"]["high"] <= cfg.max_kl_to_sft,
+        }
     report["judge"] = f"judge:{recipe.judge.name}"
     report["reward_model"] = reward_model
     rm_summary = run / "rm" / "summary.json"

@@ -62,6 +62,9 @@ def describe(seed: int, evaluation: dict[str, Any]) -> str:
         f"{Interval(**tuned['answer_tokens'])}",
         f"  KL to SFT (nats per answer): {shown('kl_to_sft')}",
     ]
+    if "kl_bound" in evaluation:
+        bound = evaluation["kl_bound"]
+        lines[-1] += f" ({'within' if bound['within'] else 'above'} the recipe's {bound['max']})"
     if "reward_gain" in evaluation:
         gold = "gold" if evaluation["reward_model"]["gold"] else "this run's RM (optimised)"
         lines.append(
@@ -90,9 +93,11 @@ def main() -> None:
         print(describe(seed, evaluation))
     wins = [e["win_rate"]["low"] > 0.5 for e in evaluations.values()]
     controlled = [e["length_controlled_win_rate"]["low"] > 0.5 for e in evaluations.values()]
+    bounded = [e.get("kl_bound", {}).get("within", False) for e in evaluations.values()]
     print(
         f"seeds where the final policy beats SFT (interval above 0.5): {sum(wins)}/{len(wins)}; "
-        f"at equal length: {sum(controlled)}/{len(controlled)}"
+        f"at equal length: {sum(controlled)}/{len(controlled)}; KL within the recipe's bound: "
+        f"{sum(bounded)}/{len(bounded)}"
     )
     print(f"reports: {root}/seed-*/report.html")
 

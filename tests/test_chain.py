@@ -31,7 +31,7 @@ chain: {{sample_prompts: {ROOT / "data" / "prompts.jsonl"}, sample_limit: 12}}
 judge: {{rubric: {{min_words: 2, max_words: 6}}}}
 rm: {{max_steps: 4, batch_size: 4, eval_fraction: 0.25, max_length: 64}}
 ppo: {{prompts: {ROOT / "data" / "prompts.jsonl"}, updates: 2, rollout_batch_size: 4, minibatch_size: 2, max_new_tokens: 8}}
-eval: {{prompts: {ROOT / "data" / "prompts_heldout.jsonl"}, limit: 4, max_new_tokens: 8}}
+eval: {{prompts: {ROOT / "data" / "prompts_heldout.jsonl"}, limit: 4, max_new_tokens: 8, max_kl_to_sft: 1000}}
 """
     )
     return path
@@ -48,6 +48,7 @@ def test_whole_chain_runs_skips_finished_stages_redoes_stale_ones_and_reports(ch
     win = evaluation["win_rate"]
     assert evaluation["prompts"] == 4 and 0 <= win["low"] <= win["estimate"] <= win["high"] <= 1
     assert evaluation["kl_to_sft"]["low"] >= 0
+    assert evaluation["kl_bound"] == {"max": 1000.0, "within": True}  # the recipe's stated bound
     assert evaluation["reward_model"]["gold"] is False  # the run's own RM, named as such
     html = (run / "report.html").read_text()
     assert f"{evaluation['ppo']['judge_score']['estimate']:.3f} [" in html
