@@ -93,11 +93,12 @@ def main() -> None:
         print(describe(seed, evaluation))
     wins = [e["win_rate"]["low"] > 0.5 for e in evaluations.values()]
     controlled = [e["length_controlled_win_rate"]["low"] > 0.5 for e in evaluations.values()]
-    bounded = [e.get("kl_bound", {}).get("within", False) for e in evaluations.values()]
+    bounds = [e["kl_bound"]["within"] for e in evaluations.values() if "kl_bound" in e]
+    within = f"{sum(bounds)}/{len(bounds)}" if bounds else "the recipe states no bound"
     print(
         f"seeds where the final policy beats SFT (interval above 0.5): {sum(wins)}/{len(wins)}; "
         f"at equal length: {sum(controlled)}/{len(controlled)}; KL within the recipe's bound: "
-        f"{sum(bounded)}/{len(bounded)}"
+        f"{within}"
     )
     print(f"reports: {root}/seed-*/report.html")
 
