@@ -318,11 +318,14 @@ class RMConfig(PreferenceSection):
     group_by_length: bool = Field(
         True, description="Batch comparisons of similar length together (less padding)."
     )
-    length_balance: bool = Field(
-        False,
-        description="Weight training pairs so that the preferred answer is the longer one in half "
-        "the weight and the shorter one in the other half: length alone then predicts nothing, "
-        "and the model must learn what else annotators preferred.",
+    length_debias: Literal["none", "reweight", "explain"] = Field(
+        "none",
+        description="Keep the reward model from learning answer length. reweight: weight training "
+        "pairs so that the preferred answer is the longer one in half the weight and the shorter "
+        "one in the other half (length alone then predicts nothing). explain: fit a length-only "
+        "model of the preferences and add it to the reward difference in the training loss, so "
+        "the reward model learns what length does not explain (a product of experts); it scores "
+        "without it.",
     )
     stats_examples: int = Field(
         512,

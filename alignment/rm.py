@@ -45,7 +45,12 @@ from alignment.config import LoraConfig, Recipe
 from alignment.errors import RecipeError, RunStateError
 from alignment.guarded_trainer import GuardedTrainer
 from alignment.models import base_model_id, load_model, peft_config
-from alignment.reward.encoding import ComparisonCollator, encode_comparison, length_balanced
+from alignment.reward.encoding import (
+    ComparisonCollator,
+    encode_comparison,
+    length_balanced,
+    length_explained,
+)
 from alignment.reward.loading import STATS_FILE
 from alignment.reward.metrics import preference_report
 from alignment.reward.scoring import batch_scores, comparison_scores, reward_stats
@@ -157,8 +162,10 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     start = trainers.start(recipe, "rm", resume)
     tokenizer = start.tokenizer
     train_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in train]
-    if cfg.length_balance:
+    if cfg.length_debias == "reweight":
         train_rows = length_balanced(train_rows)
+    elif cfg.length_debias == "explain":
+        train_rows = length_explained(train_rows)
     eval_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in held]
     with suppress_seqcls_warning():  # the fresh score head and the unused LM head are expected
         base = load_model(recipe.model, head="score", source=start.source)

@@ -4,6 +4,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from alignment.reward import (
     load_reward_model,
     score,
 )
-from alignment.reward.encoding import EncodedComparison, length_balanced
+from alignment.reward.encoding import EncodedComparison, length_balanced, length_explained
 from alignment.reward.scoring import batch_scores, sequence_scores
 from alignment.rm import _load_sft_weights, comparison_loss, run_rm
 from alignment.sft import run_sft
@@ -412,12 +413,13 @@ def test_hh_recipe_on_real_smollm2_and_human_data(tmp_path):
     )
 
 
-def test_length_balance_makes_length_uninformative_under_the_weights():
-    def row(better_len, worse_len):
-        return EncodedComparison([1], [[2] * better_len, [3] * worse_len], [0], [1], 0.0, 0)
+def _row(better_len: int, worse_len: int) -> EncodedComparison:
+    return EncodedComparison([1], [[2] * better_len, [3] * worse_len], [0], [1], 0.0, 0)
 
+
+def test_length_balance_makes_length_uninformative_under_the_weights():
     # Shorter preferred in 3 of 4 unequal pairs, plus one pair of equal lengths.
-    rows = [row(2, 5), row(3, 6), row(1, 4), row(7, 2), row(3, 3)]
+    rows = [_row(2, 5), _row(3, 6), _row(1, 4), _row(7, 2), _row(3, 3)]
     balanced = length_balanced(rows)
     weights = [r.pair_weights[0] for r in balanced]
     assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0, 1.0])
@@ -425,3 +427,43 @@ def test_length_balance_makes_length_uninformative_under_the_weights():
     batch = ComparisonCollator(pad_token_id=0)(balanced)
     assert batch["pair_weight"].tolist() == pytest.approx([w / 5 for w in weights])
     assert length_balanced(rows[:3]) == rows[:3]  # one direction only: nothing to balance
+
+
+def test_length_explained_adds_the_fitted_length_logit_to_each_pair():
+    rows = [_row(2, 4), _row(3, 6), _row(1, 2), _row(8, 4), _row(3, 3)]
+    explained = length_explained(rows)
+    x = np.log2([2 / 4, 3 / 6, 1 / 2, 8 / 4, 1.0])
+    offsets = np.array([r.pair_offsets[0] for r in explained])
+    coefficient = offsets[0] / x[0]
+    np.testing.assert_allclose(offsets, coefficient * x, atol=1e-12)
+    # Maximum likelihood: the log-likelihood's derivative, mean(x * sigmoid(-c x)), is zero.
+    assert coefficient < 0  # the shorter answer won 3 of 4
+    assert np.mean(x / (1 + np.exp(coefficient * x))) == pytest.approx(0, abs=1e-4)
+    batch = ComparisonCollator(pad_token_id=0)(explained)
+    assert batch["margin"].tolist() == pytest.approx((-offsets).tolist())
+    assert length_explained([_row(3, 3)]) == [_row(3, 3)]  # equal lengths: nothing to explain
+
+
+def test_explained_length_is_not_learned(tmp_path, tiny_model_dir):
+    """On pairs where the shorter answer always wins and nothing else differs, a plain reward
+    model learns to prefer short answers; with `length_debias: explain` length explains the
+    preferences already and the reward model learns (almost) nothing."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(120):
+        n = rng.randint(2, 6)
+        words = [rng.choice(WORDS) for _ in range(n + 4)]
+        rows.append(
+            {"prompt": f"Say something, case {i}.", "chosen": " ".join(words[:n]),
+             "rejected": " ".join(words)}
+        )  # fmt: skip
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    margins = {}
+    for debias in ("none", "explain"):
+        run = tmp_path / debias
+        run.mkdir()
+        recipe = tiny_rm_recipe(run, tiny_model_dir, data, f"  length_debias: {debias}")
+        summary = run_rm(load_recipe(recipe, ["rm.max_steps=20"])).summary
+        margins[debias] = summary["eval_mean_margin"]
+    assert margins["none"] > 1.0
+    assert abs(margins["explain"]) < 0.2 * margins["none"]

@@ -14,7 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.optimize import minimize_scalar
+from scipy.special import log_expit
 from transformers import PreTrainedTokenizerBase
 
 from alignment.preferences import Comparison
@@ -32,6 +35,7 @@ class EncodedComparison:
     margin: float
     length: int  # tokens in the shared-prefix layout, for batching by length
     pair_weights: list[float] | None = None  # per pair; None: all 1 (see `length_balanced`)
+    pair_offsets: list[float] | None = None  # per pair, logits; None: all 0 (`length_explained`)
 
     @classmethod
     def from_row(cls, row: EncodedComparison | Mapping[str, Any]) -> EncodedComparison:
@@ -73,19 +77,21 @@ def encode_comparison(
     )
 
 
+def _length_directions(row: EncodedComparison) -> list[int]:
+    """Per pair: 1 where the preferred answer is the longer one (in tokens), -1 the shorter, 0
+    equal."""
+    return [
+        (len(row.tails[b]) > len(row.tails[w])) - (len(row.tails[b]) < len(row.tails[w]))
+        for b, w in zip(row.better, row.worse, strict=True)
+    ]
+
+
 def length_balanced(rows: Sequence[EncodedComparison]) -> list[EncodedComparison]:
     """The same comparisons with pair weights under which the preferred answer is the longer one
-    in half of the weight of unequal-length pairs and the shorter one in the other half (answer
-    length in tokens). Under these weights length alone predicts no preference, so a reward model
-    cannot fit the data by length (HH-RLHF harmless: the shorter answer wins 60% of pairs)."""
-    # Per pair: 1 where the preferred answer is the longer one, -1 the shorter, 0 equal.
-    directions = [
-        [
-            (len(row.tails[b]) > len(row.tails[w])) - (len(row.tails[b]) < len(row.tails[w]))
-            for b, w in zip(row.better, row.worse, strict=True)
-        ]
-        for row in rows
-    ]
+    in half of the weight of unequal-length pairs and the shorter one in the other half. Under
+    these weights length alone predicts no preference, so a reward model cannot fit the data by
+    length (HH-RLHF harmless: the shorter answer wins 60% of pairs)."""
+    directions = [_length_directions(row) for row in rows]
     longer = sum(d.count(1) for d in directions)
     shorter = sum(d.count(-1) for d in directions)
     if not longer or not shorter:
@@ -98,13 +104,45 @@ def length_balanced(rows: Sequence[EncodedComparison]) -> list[EncodedComparison
     ]
 
 
+# A logit per doubling of length; the bound keeps the fit finite when length separates the data.
+_MAX_LENGTH_COEFFICIENT = 20.0
+
+
+def length_explained(rows: Sequence[EncodedComparison]) -> list[EncodedComparison]:
+    """The same comparisons with a fixed length model added to each pair's reward difference in
+    the loss, so length is explained before the reward model sees it (a product of experts with
+    a length-only expert). The length model, `coefficient x log2(tokens better / tokens worse)`,
+    is fitted to the training pairs by maximum likelihood. The reward model is then trained on
+    what length does not explain, and scores without the length term."""
+    log_ratios = [
+        [
+            float(np.log2(len(row.tails[b]) / len(row.tails[w])))
+            for b, w in zip(row.better, row.worse, strict=True)
+        ]
+        for row in rows
+    ]
+    x = np.array([value for pairs in log_ratios for value in pairs])
+    if not x.any():
+        return list(rows)  # all lengths equal: nothing to explain
+    fit = minimize_scalar(
+        lambda coefficient: -log_expit(coefficient * x).mean(),
+        bounds=(-_MAX_LENGTH_COEFFICIENT, _MAX_LENGTH_COEFFICIENT),
+        method="bounded",
+    )
+    return [
+        replace(row, pair_offsets=[fit.x * value for value in pairs])
+        for row, pairs in zip(rows, log_ratios, strict=True)
+    ]
+
+
 @dataclass
 class ComparisonCollator:
     """Batches encoded comparisons for one forward pass over all their candidates.
 
     Returns input_ids, attention_mask (a boolean (rows, 1, T, T) mask when answers share their
     prefix in one row, else the usual (rows, T) padding mask), position_ids, where each candidate
-    ends (score_rows, score_cols), and for every pair: better/worse candidate indices, margin,
+    ends (score_rows, score_cols), and for every pair: better/worse candidate indices, margin
+    (less the pair's offset),
     and weight = 1 / (pairs of its comparison x comparisons in the batch).
     """
 
@@ -148,7 +186,8 @@ class ComparisonCollator:
             pairs = len(row.better)
             better += [first + b for b in row.better]
             worse += [first + w for w in row.worse]
-            margin += [float(row.margin)] * pairs
+            # The loss subtracts the margin from the reward difference and adds the offset.
+            margin += [float(row.margin) - o for o in row.pair_offsets or [0.0] * pairs]
             weight += [w / (pairs * len(rows)) for w in row.pair_weights or [1.0] * pairs]
 
         width = max(len(s) for s in sequences)
