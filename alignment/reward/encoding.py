@@ -10,6 +10,7 @@ Too long conversations lose their START, so the answer being judged is kept.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,6 +23,8 @@ from transformers import PreTrainedTokenizerBase
 
 from alignment.preferences import Comparison
 from alignment.tokens import conversation_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ def length_explained(rows: Sequence[EncodedComparison]) -> list[EncodedCompariso
         bounds=(-_MAX_LENGTH_COEFFICIENT, _MAX_LENGTH_COEFFICIENT),
         method="bounded",
     )
+    log.info("length model: %+.2f logits per doubling of the preferred answer's length", fit.x)
     return [
         replace(row, pair_offsets=[fit.x * value for value in pairs])
         for row, pairs in zip(rows, log_ratios, strict=True)
