@@ -188,6 +188,14 @@ def summarise(
         results, length_difference, seed
     ).as_dict()
     report["length_control"] = LENGTH_CONTROL_METHOD
+    # SFT's answers that hit max_new_tokens lose on completeness to any answer that ends, so a
+    # policy that only learned to stop wins those prompts; the win rate where SFT ends shows that.
+    sft_ends = [c.finish_reason == "stop" for c in answers["sft"]]
+    report["prompts_where_sft_ends"] = sum(sft_ends)
+    if any(sft_ends):
+        report["win_rate_where_sft_ends"] = mean_interval(
+            [result for result, ends in zip(results, sft_ends, strict=True) if ends], seed
+        ).as_dict()
     report["judge_score_gain"] = difference_interval(judged[stage], judged["sft"], seed).as_dict()
     if rewards:
         report["reward_gain"] = difference_interval(rewards[stage], rewards["sft"], seed).as_dict()

@@ -171,6 +171,7 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
             ("reward_gain", "reward gain over SFT"),
             ("win_rate", f"win rate of {stage} over SFT (judge)"),
             ("length_controlled_win_rate", "win rate at equal answer length (judge)"),
+            ("win_rate_where_sft_ends", "win rate where SFT's answer ends (judge)"),
             ("reward_win_rate", f"win rate of {stage} over SFT (reward)"),
         ):
             if key in evaluation:

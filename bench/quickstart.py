@@ -56,6 +56,8 @@ def describe(seed: int, evaluation: dict[str, Any]) -> str:
         f"seed {seed}: {evaluation['prompts']} held-out prompts, {evaluation['minutes']:.1f} min",
         f"  win rate of {final} over SFT (judge): {shown('win_rate')}; at equal length: "
         f"{shown('length_controlled_win_rate')}",
+        f"  win rate where SFT's answer ends ({evaluation['prompts_where_sft_ends']} prompts): "
+        + (shown("win_rate_where_sft_ends") if "win_rate_where_sft_ends" in evaluation else "-"),
         f"  judge score: SFT {Interval(**sft['judge_score'])} -> {final} "
         f"{Interval(**tuned['judge_score'])} (gain {shown('judge_score_gain')})",
         f"  answer length (tokens): SFT {Interval(**sft['answer_tokens'])} -> {final} "

@@ -51,3 +51,17 @@ def test_report_shows_intervals_and_calls_the_runs_own_rm_what_it_is(tmp_path):
     write_json(run / "eval" / "eval.json", _evaluation({"adapter": "/rms/gold-rm", "gold": True}))
     _, md_path = build_report(run)
     assert "gold reward (independent RM gold-rm)" in md_path.read_text()
+
+
+def test_win_rate_where_sft_ends_leaves_out_the_answers_sft_did_not_finish():
+    # The policy wins the two prompts where SFT ran out of tokens and loses one of the others.
+    judged = {"sft": [0.2, 0.3, 0.6, 0.6, 0.5], "ppo": [0.8, 0.9, 0.5, 0.7, 0.5]}
+    lengths = {"sft": [64.0, 64.0, 20.0, 25.0, 30.0], "ppo": [15.0, 18.0, 20.0, 25.0, 30.0]}
+    answers = {
+        "sft": [Completion("x", [1], 3, "length" if n == 64 else "stop") for n in lengths["sft"]],
+        "ppo": _answers([15, 18, 20, 25, 30]),
+    }
+    report = summarise(0, "ppo", judged, {}, lengths, answers, [1.0] * 5)
+    assert report["win_rate"]["estimate"] == (3 + 0.5) / 5
+    assert report["prompts_where_sft_ends"] == 3
+    assert report["win_rate_where_sft_ends"]["estimate"] == (1 + 0.5) / 3
