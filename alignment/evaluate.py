@@ -174,12 +174,13 @@ def summarise(
         "confidence": CONFIDENCE,
         "bootstrap_resamples": RESAMPLES,
     }
+    ends = {name: [c.finish_reason == "stop" for c in answers[name]] for name in policies}
     for name in policies:
         report[name] = {
             "judge_score": mean_interval(judged[name], seed).as_dict(),
             "reward": mean_interval(rewards[name], seed).as_dict() if rewards else None,
             "answer_tokens": mean_interval(lengths[name], seed).as_dict(),
-            "finished": sum(c.finish_reason == "stop" for c in answers[name]) / len(kls),
+            "finished": sum(ends[name]) / len(kls),
         }
     results = outcomes(judged[stage], judged["sft"])
     length_difference = [a - b for a, b in zip(lengths[stage], lengths["sft"], strict=True)]
@@ -190,11 +191,11 @@ def summarise(
     report["length_control"] = LENGTH_CONTROL_METHOD
     # SFT's answers that hit max_new_tokens lose on completeness to any answer that ends, so a
     # policy that only learned to stop wins those prompts; the win rate where SFT ends shows that.
-    sft_ends = [c.finish_reason == "stop" for c in answers["sft"]]
-    report["prompts_where_sft_ends"] = sum(sft_ends)
-    if any(sft_ends):
+    report["prompts_where_sft_ends"] = sum(ends["sft"])
+    if any(ends["sft"]):
         report["win_rate_where_sft_ends"] = mean_interval(
-            [result for result, ends in zip(results, sft_ends, strict=True) if ends], seed
+            [result for result, sft_ends in zip(results, ends["sft"], strict=True) if sft_ends],
+            seed,
         ).as_dict()
     report["judge_score_gain"] = difference_interval(judged[stage], judged["sft"], seed).as_dict()
     if rewards:

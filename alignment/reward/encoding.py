@@ -80,12 +80,10 @@ def encode_comparison(
     )
 
 
-def _length_directions(row: EncodedComparison) -> list[int]:
-    """Per pair: 1 where the preferred answer is the longer one (in tokens), -1 the shorter, 0
-    equal."""
+def _pair_lengths(row: EncodedComparison) -> list[tuple[int, int]]:
+    """Per pair: the preferred answer's length and the other's, in tokens."""
     return [
-        (len(row.tails[b]) > len(row.tails[w])) - (len(row.tails[b]) < len(row.tails[w]))
-        for b, w in zip(row.better, row.worse, strict=True)
+        (len(row.tails[b]), len(row.tails[w])) for b, w in zip(row.better, row.worse, strict=True)
     ]
 
 
@@ -94,7 +92,8 @@ def length_balanced(rows: Sequence[EncodedComparison]) -> list[EncodedComparison
     in half of the weight of unequal-length pairs and the shorter one in the other half. Under
     these weights length alone predicts no preference, so a reward model cannot fit the data by
     length (HH-RLHF harmless: the shorter answer wins 60% of pairs)."""
-    directions = [_length_directions(row) for row in rows]
+    # Per pair: 1 where the preferred answer is the longer one, -1 the shorter, 0 equal.
+    directions = [[(b > w) - (b < w) for b, w in _pair_lengths(row)] for row in rows]
     longer = sum(d.count(1) for d in directions)
     shorter = sum(d.count(-1) for d in directions)
     if not longer or not shorter:
@@ -117,13 +116,7 @@ def length_explained(rows: Sequence[EncodedComparison]) -> list[EncodedCompariso
     a length-only expert). The length model, `coefficient x log2(tokens better / tokens worse)`,
     is fitted to the training pairs by maximum likelihood. The reward model is then trained on
     what length does not explain, and scores without the length term."""
-    log_ratios = [
-        [
-            float(np.log2(len(row.tails[b]) / len(row.tails[w])))
-            for b, w in zip(row.better, row.worse, strict=True)
-        ]
-        for row in rows
-    ]
+    log_ratios = [[float(np.log2(b / w)) for b, w in _pair_lengths(row)] for row in rows]
     x = np.array([value for pairs in log_ratios for value in pairs])
     if not x.any():
         return list(rows)  # all lengths equal: nothing to explain
@@ -146,8 +139,7 @@ class ComparisonCollator:
     Returns input_ids, attention_mask (a boolean (rows, 1, T, T) mask when answers share their
     prefix in one row, else the usual (rows, T) padding mask), position_ids, where each candidate
     ends (score_rows, score_cols), and for every pair: better/worse candidate indices, margin
-    (less the pair's offset),
-    and weight = 1 / (pairs of its comparison x comparisons in the batch).
+    (less the pair's offset) and weight = 1 / (pairs of its comparison x comparisons in the batch).
     """
 
     pad_token_id: int
