@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from peft import PeftModel
 
-from alignment.config import Recipe
+from alignment.config import Recipe, RubricConfig
 from alignment.data import read_prompts
 from alignment.errors import RunStateError
 from alignment.generation import Completion, GenerationSettings, generate
 from alignment.human_eval import post_pairs, summarise_humans, verdicts
-from alignment.judges import build_scorer, reward_scorer
+from alignment.judges import build_scorer, reward_scorer, rubric_criteria
 from alignment.models import float32_logits, load_model, load_tokenizer, resolve_model
 from alignment.runs import append_jsonl, read_jsonl, write_json
 from alignment.stats import (
@@ -38,7 +38,7 @@ from alignment.stats import (
     outcomes,
 )
 from alignment.store import AB_EVALUATION, Store
-from alignment.tokens import encode_prompt
+from alignment.tokens import Messages, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,10 @@ def run_eval(recipe: Recipe) -> dict[str, Any]:
             "within": report["kl_to_sft"]["high"] <= cfg.max_kl_to_sft,
         }
     report["judge"] = f"judge:{recipe.judge.name}"
+    if recipe.judge.kind == "rubric":
+        report["judge_criteria"] = rubric_breakdown(
+            recipe.seed, stage, recipe.judge.rubric, prompts, answers
+        )
     report["reward_model"] = reward_model
     rm_summary = run / "rm" / "summary.json"
     if rm_summary.is_file():
@@ -205,6 +209,33 @@ def summarise(
         ).as_dict()
     report["kl_to_sft"] = mean_interval(kls, seed).as_dict()
     return report
+
+
+def rubric_breakdown(
+    seed: int,
+    stage: str,
+    rubric: RubricConfig,
+    prompts: list[tuple[str, Messages]],
+    answers: dict[str, list[Completion]],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each rubric criterion's mean for both policies and the final policy's gain, with
+    intervals: which criterion a win rate comes from (answers that end, or answers on topic)."""
+    values = {
+        name: [
+            rubric_criteria(rubric, messages[-1]["content"], answer.text)
+            for (_, messages), answer in zip(prompts, answers[name], strict=True)
+        ]
+        for name in ("sft", stage)
+    }
+    breakdown = {}
+    for criterion in rubric.weights:
+        sft, tuned = ([row[criterion] for row in values[name]] for name in ("sft", stage))
+        breakdown[criterion] = {
+            "sft": mean_interval(sft, seed).as_dict(),
+            stage: mean_interval(tuned, seed).as_dict(),
+            "gain": difference_interval(tuned, sft, seed).as_dict(),
+        }
+    return breakdown
 
 
 def _rewards(

@@ -176,6 +176,8 @@ def build_report(run_dir: Path) -> tuple[Path, Path]:
         ):
             if key in evaluation:
                 table.append((label, "", _fmt(evaluation[key])))
+        for criterion, means in evaluation.get("judge_criteria", {}).items():
+            table.append((f"judge criterion: {criterion}", _fmt(means["sft"]), _fmt(means[stage])))
         table.append(("KL to SFT (per answer)", "0", _fmt(evaluation["kl_to_sft"])))
         table += _human_rows(evaluation.get("human"), stage)
     if "eval_accuracy" in rm_summary:

@@ -67,6 +67,12 @@ def describe(seed: int, evaluation: dict[str, Any]) -> str:
     if "kl_bound" in evaluation:
         bound = evaluation["kl_bound"]
         lines[-1] += f" ({'within' if bound['within'] else 'above'} the recipe's {bound['max']})"
+    if "judge_criteria" in evaluation:
+        gains = (
+            f"{name} {Interval(**means['gain'])}"
+            for name, means in evaluation["judge_criteria"].items()
+        )
+        lines.append(f"  judge criteria, gain over SFT: {'; '.join(gains)}")
     if "reward_gain" in evaluation:
         gold = "gold" if evaluation["reward_model"]["gold"] else "this run's RM (optimised)"
         lines.append(

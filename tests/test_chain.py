@@ -11,7 +11,7 @@ import pytest
 
 from alignment.chain import run_chain
 from alignment.cli import main
-from alignment.config import load_recipe
+from alignment.config import RubricConfig, load_recipe
 from alignment.errors import RecipeError, RunStateError
 from alignment.store import AB_EVALUATION, Store
 from tests.conftest import ROOT
@@ -50,6 +50,13 @@ def test_whole_chain_runs_skips_finished_stages_redoes_stale_ones_and_reports(ch
     assert evaluation["kl_to_sft"]["low"] >= 0
     assert evaluation["kl_bound"] == {"max": 1000.0, "within": True}  # the recipe's stated bound
     assert evaluation["reward_model"]["gold"] is False  # the run's own RM, named as such
+    # The rubric judge's score, criterion by criterion: their weighted means make up the score.
+    weights, criteria = RubricConfig().weights, evaluation["judge_criteria"]
+    for policy in ("sft", "ppo"):
+        weighted = sum(w * criteria[name][policy]["estimate"] for name, w in weights.items())
+        assert weighted / sum(weights.values()) == pytest.approx(
+            evaluation[policy]["judge_score"]["estimate"]
+        )
     html = (run / "report.html").read_text()
     assert f"{evaluation['ppo']['judge_score']['estimate']:.3f} [" in html
     assert html.count("<svg") >= 5

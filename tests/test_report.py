@@ -2,7 +2,8 @@
 
 import json
 
-from alignment.evaluate import summarise
+from alignment.config import RubricConfig
+from alignment.evaluate import rubric_breakdown, summarise
 from alignment.generation import Completion
 from alignment.report import build_report
 from alignment.runs import write_json
@@ -65,3 +66,36 @@ def test_win_rate_where_sft_ends_leaves_out_the_answers_sft_did_not_finish():
     assert report["win_rate"]["estimate"] == (3 + 0.5) / 5
     assert report["prompts_where_sft_ends"] == 3
     assert report["win_rate_where_sft_ends"]["estimate"] == (1 + 0.5) / 3
+
+
+def test_rubric_breakdown_names_the_criterion_a_win_comes_from(tmp_path):
+    # Both answers end and are of the same length; only the policy's names what was asked about.
+    prompts = [("p", [{"role": "user", "content": "How do I water tomato plants in summer?"}])]
+    answers = {
+        "sft": [Completion("You could ask a friend who knows about this.", [1] * 9, 3, "stop")],
+        "ppo": [
+            Completion("Water tomato plants deeply each morning in summer.", [1] * 9, 3, "stop")
+        ],
+    }
+    breakdown = rubric_breakdown(0, "ppo", RubricConfig(min_words=3), prompts, answers)
+    assert set(breakdown) == {
+        "length",
+        "complete",
+        "relevance",
+        "no_repetition",
+        "no_banned_phrases",
+    }
+    assert breakdown["relevance"]["sft"]["estimate"] == 0.0
+    assert breakdown["relevance"]["ppo"]["estimate"] == 1.0  # water, tomato, plants, summer
+    assert breakdown["relevance"]["gain"]["estimate"] == 1.0
+    assert breakdown["complete"]["gain"]["estimate"] == 0.0
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    evaluation = _evaluation({"adapter": str(run / "rm"), "gold": False})
+    evaluation["judge_criteria"] = breakdown
+    write_json(run / "eval" / "eval.json", evaluation)
+    _, md_path = build_report(run)
+    assert "| judge criterion: relevance | 0.000 [0.000, 0.000] | 1.000 [1.000, 1.000] |" in (
+        md_path.read_text()
+    )
