@@ -327,6 +327,12 @@ class RMConfig(PreferenceSection):
         "the reward model learns what length does not explain (a product of experts); it scores "
         "without it.",
     )
+    off_topic_answers: bool = Field(
+        False,
+        description="Add to each training ranking the best answer to another prompt, ranked below "
+        "this prompt's best: rankings compare answers to one prompt only, so without it a reward "
+        "model can score answers without reading the prompt, and PPO drifts to generic answers.",
+    )
     stats_examples: int = Field(
         512,
         ge=0,

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alignment.config import DataSpec, Format
@@ -69,6 +71,44 @@ class Comparison:
         if isinstance(answer, str):
             return f"{self.prompt}{answer}"
         return [*self.prompt, *answer]
+
+
+def with_off_topic_answers(comparisons: Sequence[Comparison], seed: int) -> list[Comparison]:
+    """Each comparison with one candidate more: the best answer to another prompt, in one pair
+    below this prompt's best answer (it may still beat a poor answer on topic, so no other pair).
+
+    A ranking compares answers to one prompt, so a reward model can fit rankings while hardly
+    reading the prompt; PPO then drifts to answers that would suit any prompt (bench/RESULTS.md:
+    the quickstart's RMs scored an answer under the wrong prompt only 0.1 std lower). Which other
+    prompt is drawn with `seed`; comparisons are left alone when every other prompt is the same.
+    """
+    order = list(range(len(comparisons)))
+    random.Random(seed).shuffle(order)
+    # Each comparison borrows from the next one in a shuffled cycle that has another prompt.
+    donor = {}
+    for position, index in enumerate(order):
+        for step in range(1, len(order)):
+            other = order[(position + step) % len(order)]
+            if comparisons[other].prompt != comparisons[index].prompt:
+                donor[index] = other
+                break
+    extended = []
+    for index, comparison in enumerate(comparisons):
+        if index not in donor:
+            extended.append(comparison)
+            continue
+        other = comparisons[donor[index]]
+        best = comparison.ranks.index(min(comparison.ranks))
+        borrowed = other.answers[other.ranks.index(min(other.ranks))]
+        extended.append(
+            replace(
+                comparison,
+                answers=(*comparison.answers, borrowed),
+                ranks=(*comparison.ranks, comparison.ranks[best] + 1),
+                pairs=(*comparison.pairs, (best, len(comparison.answers))),
+            )
+        )
+    return extended
 
 
 REPORTED_ORIGINS = 20  # rows named per reason in a run summary; the counts cover them all

@@ -45,6 +45,7 @@ from alignment.config import LoraConfig, Recipe
 from alignment.errors import RecipeError, RunStateError
 from alignment.guarded_trainer import GuardedTrainer
 from alignment.models import base_model_id, load_model, peft_config
+from alignment.preferences import with_off_topic_answers
 from alignment.reward.encoding import (
     ComparisonCollator,
     encode_comparison,
@@ -162,10 +163,16 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     start = trainers.start(recipe, "rm", resume)
     tokenizer = start.tokenizer
     train_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in train]
+    # What trains: the rankings, each with another prompt's best answer if asked, debiased for
+    # length if asked. The reward statistics PPO normalises with come from the rankings alone.
+    training, training_rows = train, train_rows
+    if cfg.off_topic_answers:
+        training = with_off_topic_answers(train, recipe.seed)
+        training_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in training]
     if cfg.length_debias == "reweight":
-        train_rows = length_balanced(train_rows)
+        training_rows = length_balanced(training_rows)
     elif cfg.length_debias == "explain":
-        train_rows = length_explained(train_rows)
+        training_rows = length_explained(training_rows)
     eval_rows = [encode_comparison(tokenizer, c, cfg.max_length) for c in held]
     with suppress_seqcls_warning():  # the fresh score head and the unused LM head are expected
         base = load_model(recipe.model, head="score", source=start.source)
@@ -189,7 +196,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     trainer = ComparisonTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list([asdict(row) for row in train_rows]),
+        train_dataset=Dataset.from_list([asdict(row) for row in training_rows]),
         eval_dataset=Dataset.from_list([asdict(row) for row in eval_rows]) if eval_rows else None,
         processing_class=tokenizer,
         data_collator=ComparisonCollator(tokenizer.pad_token_id, cfg.share_prefix),
@@ -209,6 +216,7 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
         "train_seconds": result.metrics.get("train_runtime"),
         "train_comparisons": len(train),
         "train_pairs": sum(len(c.pairs) for c in train),
+        "off_topic_pairs": sum(len(c.pairs) for c in training) - sum(len(c.pairs) for c in train),
         "reward_mean": stats["mean"],
         "reward_std": stats["std"],
     }

@@ -15,6 +15,7 @@ from alignment.preferences import (
     detect_format,
     hh_to_messages,
     read_preferences,
+    with_off_topic_answers,
 )
 from tests.conftest import write_jsonl
 
@@ -211,3 +212,23 @@ def test_bad_rows_are_errors_naming_file_line_and_key(tmp_path, row, fmt, messag
     path = write_jsonl(tmp_path / "bad.jsonl", [good, row] if fmt == "auto" else [row])
     with pytest.raises(DataError, match=message):
         read_preferences(str(path), fmt=fmt)
+
+
+def test_off_topic_answers_rank_another_prompts_best_answer_below_this_ones_best(tmp_path):
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Question {q}?"}],
+         "completions": [f"{q} worst", f"{q} best", f"{q} middle"], "ranks": [3, 1, 2]}
+        for q in "ABCD"
+    ]  # fmt: skip
+    comparisons = read_preferences(str(write_jsonl(tmp_path / "r.jsonl", rows))).comparisons
+    extended = with_off_topic_answers(comparisons, seed=0)
+    donors = []
+    for before, after in zip(comparisons, extended, strict=True):
+        assert after.answers[:3] == before.answers and after.pairs[:-1] == before.pairs
+        borrowed = after.answers[3][0]["content"]
+        assert borrowed.endswith(" best") and borrowed[0] != before.prompt[0]["content"][-2]
+        assert after.pairs[-1] == (1, 3)  # only this prompt's best answer is ranked above it
+        donors.append(borrowed[0])
+    assert sorted(donors) == list("ABCD")  # every prompt lends its best answer once
+    assert with_off_topic_answers(comparisons, seed=0) == extended  # the seed decides
+    assert with_off_topic_answers(comparisons[:1], seed=0) == comparisons[:1]  # no other prompt

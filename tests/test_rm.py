@@ -467,3 +467,17 @@ def test_explained_length_is_not_learned(tmp_path, tiny_model_dir):
         margins[debias] = summary["eval_mean_margin"]
     assert margins["none"] > 1.0
     assert abs(margins["explain"]) < 0.2 * margins["none"]
+
+
+def test_off_topic_answers_train_but_leave_the_reward_statistics_alone(tmp_path, tiny_model_dir):
+    rows = synthetic_preferences(40, seed=3)
+    data = write_jsonl(tmp_path / "train.jsonl", rows)
+    recipe = tiny_rm_recipe(tmp_path, tiny_model_dir, data, "  off_topic_answers: true")
+    overrides = ["rm.max_steps=2", "rm.eval_fraction=0", "rm.stats_examples=0"]
+    outcome = run_rm(load_recipe(recipe, overrides))
+    assert outcome.summary["train_comparisons"] == 40
+    assert outcome.summary["off_topic_pairs"] == 40  # one per ranking
+    stats = json.loads((outcome.out_dir / STATS_FILE).read_text())
+    # PPO normalises with the scores of the rankings' own answers, not the borrowed ones.
+    rankings = read_preferences(str(data)).comparisons
+    assert stats["count"] == sum(len(ranking.answers) for ranking in rankings)
