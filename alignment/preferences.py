@@ -78,9 +78,9 @@ def with_off_topic_answers(comparisons: Sequence[Comparison], seed: int) -> list
     below this prompt's best answer (it may still beat a poor answer on topic, so no other pair).
 
     A ranking compares answers to one prompt, so a reward model can fit rankings while hardly
-    reading the prompt; PPO then drifts to answers that would suit any prompt (bench/RESULTS.md:
-    the quickstart's RMs scored an answer under the wrong prompt only 0.1 std lower). Which other
-    prompt is drawn with `seed`; comparisons are left alone when every other prompt is the same.
+    reading the prompt, and PPO can drift to answers that would suit any prompt (bench/RESULTS.md:
+    the quickstart's RMs scored an answer under another prompt only 0.17-0.27 std lower). Which
+    other prompt is drawn with `seed`; comparisons are left alone when all prompts are the same.
     """
     order = list(range(len(comparisons)))
     random.Random(seed).shuffle(order)
