@@ -19,7 +19,16 @@ def env_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    "script", ["cpu_dtype", "gpu_check", "quickstart", "ranking_load", "rm_hh", "sft_throughput"]
+    "script",
+    [
+        "cpu_dtype",
+        "gpu_check",
+        "quickstart",
+        "ranking_load",
+        "rm_hh",
+        "rm_reads_prompt",
+        "sft_throughput",
+    ],
 )
 def test_every_benchmark_starts_from_a_virtual_environment(env_dir, script):
     """Its imports (the project, torch, the bench helpers) resolve from the venv's python."""
