@@ -331,7 +331,8 @@ class RMConfig(PreferenceSection):
         False,
         description="Add to each training ranking the best answer to another prompt, ranked below "
         "this prompt's best: rankings compare answers to one prompt only, so without it a reward "
-        "model can score answers without reading the prompt, and PPO drifts to generic answers.",
+        "model can score answers without reading the prompt. It made the quickstart's RMs read the "
+        "prompt more but did not raise PPO's win rate there (bench/RESULTS.md).",
     )
     stats_examples: int = Field(
         512,

@@ -65,6 +65,11 @@ class Comparison:
     pairs: tuple[tuple[int, int], ...]  # (better, worse) answer indices
     margin: float = 0.0
 
+    @property
+    def best(self) -> int:
+        """The index of the first answer in the best rank group."""
+        return self.ranks.index(min(self.ranks))
+
     def conversation(self, index: int) -> Conversation:
         """The prompt followed by answer `index`: what the reward model scores."""
         answer = self.answers[index]
@@ -98,12 +103,11 @@ def with_off_topic_answers(comparisons: Sequence[Comparison], seed: int) -> list
             extended.append(comparison)
             continue
         other = comparisons[donor[index]]
-        best = comparison.ranks.index(min(comparison.ranks))
-        borrowed = other.answers[other.ranks.index(min(other.ranks))]
+        best = comparison.best
         extended.append(
             replace(
                 comparison,
-                answers=(*comparison.answers, borrowed),
+                answers=(*comparison.answers, other.answers[other.best]),
                 ranks=(*comparison.ranks, comparison.ranks[best] + 1),
                 pairs=(*comparison.pairs, (best, len(comparison.answers))),
             )

@@ -210,13 +210,14 @@ def run_rm(recipe: Recipe, resume: bool = False) -> RMOutcome:
     if 0 < cfg.stats_examples < len(train_rows):
         stats_rows = random.Random(recipe.seed).sample(train_rows, cfg.stats_examples)
     stats = reward_stats(model, stats_rows, tokenizer.pad_token_id, cfg.batch_size)
+    train_pairs = sum(len(c.pairs) for c in train)
     summary: dict[str, Any] = {
         "train_loss": trainer.mean_loss(),
         "steps": result.global_step,
         "train_seconds": result.metrics.get("train_runtime"),
         "train_comparisons": len(train),
-        "train_pairs": sum(len(c.pairs) for c in train),
-        "off_topic_pairs": sum(len(c.pairs) for c in training) - sum(len(c.pairs) for c in train),
+        "train_pairs": train_pairs,
+        "off_topic_pairs": sum(len(c.pairs) for c in training) - train_pairs,
         "reward_mean": stats["mean"],
         "reward_std": stats["std"],
     }
