@@ -195,5 +195,22 @@ def _is_number(value: object) -> bool:
     return True
 
 
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it (platform.processor() is often empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    return f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    """Host, cores, CPU and whether it computes bfloat16 natively: CPU figures depend on all three."""
+    from alignment.models import cpu_has_native_bf16
+
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (float32)"
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {cpu_model()}, {bf16}, "
+        f"Python {platform.python_version()}"
+    )
