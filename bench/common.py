@@ -207,7 +207,7 @@ def cpu_model() -> str:
 
 def machine() -> str:
     """Host, cores, CPU and whether it computes bfloat16 natively: CPU figures depend on all three."""
-    from alignment.models import cpu_has_native_bf16
+    from alignment.models import cpu_has_native_bf16  # here: ranking_load needs no torch
 
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (float32)"
     return (
